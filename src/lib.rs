@@ -1,0 +1,12 @@
+//! `overlay-store`: a Nix-compatible local store and local overlay store.
+//!
+//! Layers, each depending only on those below it:
+//!
+//! - [`format`]: Nix's formats as pure types (nixbase32, hashes, store paths, NAR,
+//!   export streams, derivation outputs).
+//! - [`spec`]: the TOML store spec and Nix store URIs.
+//! - [`store`]: the stores themselves, on disk: the local store, the overlay store.
+
+pub mod format;
+pub mod spec;
+pub mod store;

@@ -1,0 +1,441 @@
+//! The store database, `${state}/db/db.sqlite`, with Nix's schema and column encodings,
+//! so a row we write is the row Nix would write and we read every row Nix writes.
+//!
+//! Writers use Nix's connection settings (foreign keys on, WAL, `synchronous=normal`, a
+//! one-hour busy timeout). A lower store's database is opened read-only and read live:
+//! it may grow between and during our queries.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::format::{ContentAddress, Hash, StoreDir, StorePath};
+use crate::store::{PathInfo, Result, StoreError};
+
+/// The 2.8 schema. `if not exists` everywhere, so it also runs on a database Nix made.
+const SCHEMA: &str = "
+create table if not exists ValidPaths (
+    id               integer primary key autoincrement not null,
+    path             text unique not null,
+    hash             text not null,
+    registrationTime integer not null,
+    deriver          text,
+    narSize          integer,
+    ultimate         integer,
+    sigs             text,
+    ca               text
+);
+create table if not exists Refs (
+    referrer  integer not null,
+    reference integer not null,
+    primary key (referrer, reference),
+    foreign key (referrer) references ValidPaths(id) on delete cascade,
+    foreign key (reference) references ValidPaths(id) on delete restrict
+);
+create index if not exists IndexReferrer on Refs(referrer);
+create index if not exists IndexReference on Refs(reference);
+create trigger if not exists DeleteSelfRefs before delete on ValidPaths
+  begin
+    delete from Refs where referrer = old.id and reference = old.id;
+  end;
+create table if not exists DerivationOutputs (
+    drv  integer not null,
+    id   text not null,
+    path text not null,
+    primary key (drv, id),
+    foreign key (drv) references ValidPaths(id) on delete cascade
+);
+create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Creates the schema if missing; Nix's writer settings.
+    ReadWrite,
+    /// Never writes; sees what other writers commit.
+    ReadOnly,
+    /// Promised never to change (SQLite `immutable=1`): no locking at all.
+    Immutable,
+}
+
+pub struct Database {
+    conn: Connection,
+    path: PathBuf,
+    store_dir: StoreDir,
+}
+
+/// One registration: the info plus the outputs to record if it is a `.drv`.
+pub struct Registration {
+    pub info: PathInfo,
+    pub drv_outputs: Vec<(String, StorePath)>,
+}
+
+const INFO_COLUMNS: &str = "id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca";
+
+impl Database {
+    pub fn open(path: &Path, mode: OpenMode, store_dir: &StoreDir) -> Result<Database> {
+        let db_err = |source| StoreError::Db { path: path.to_path_buf(), source };
+        let conn = match mode {
+            OpenMode::ReadWrite => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX),
+            OpenMode::ReadOnly => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX),
+            OpenMode::Immutable => Connection::open_with_flags(
+                format!("file:{}?immutable=1", path.display()),
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+        }
+        .map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(3600)).map_err(db_err)?;
+        // A bigger page cache keeps closure walks over 100k-path stores in memory.
+        conn.execute_batch("pragma cache_size = -65536;").map_err(db_err)?;
+        if mode == OpenMode::ReadWrite {
+            conn.execute_batch(
+                "pragma foreign_keys = 1;
+                 pragma synchronous = normal;
+                 pragma wal_autocheckpoint = 40000;",
+            )
+            .map_err(db_err)?;
+            let jm: String = conn.query_row("pragma main.journal_mode", [], |r| r.get(0)).map_err(db_err)?;
+            if jm != "wal" {
+                conn.query_row("pragma main.journal_mode = wal", [], |_| Ok(())).map_err(db_err)?;
+            }
+            conn.execute_batch(SCHEMA).map_err(db_err)?;
+        }
+        Ok(Database { conn, path: path.to_path_buf(), store_dir: store_dir.clone() })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Db { path: self.path.clone(), source }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn parse_path(&self, s: &str) -> Result<StorePath> {
+        Ok(self.store_dir.parse_path(s)?)
+    }
+
+    /// Decodes one `ValidPaths` row (columns in `INFO_COLUMNS` order), without references.
+    fn row_to_info(&self, row: &rusqlite::Row) -> Result<(i64, PathInfo)> {
+        let e = self.err();
+        let id: i64 = row.get(0).map_err(&e)?;
+        let path_s: String = row.get(1).map_err(&e)?;
+        let path = self.parse_path(&path_s)?;
+        let corrupt = |what: String| StoreError::CorruptRow { path: path_s.clone(), what };
+        let hash_s: String = row.get(2).map_err(&e)?;
+        let nar_hash = Hash::parse_prefixed(&hash_s).map_err(|x| corrupt(x.to_string()))?;
+        let deriver: Option<String> = row.get(4).map_err(&e)?;
+        let deriver = match deriver.as_deref() {
+            None | Some("") => None,
+            Some(d) => Some(self.store_dir.parse_path(d).map_err(|x| corrupt(x.to_string()))?),
+        };
+        let sigs: Option<String> = row.get(7).map_err(&e)?;
+        let ca: Option<String> = row.get(8).map_err(&e)?;
+        let ca = match ca.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(ContentAddress::parse(c).map_err(|x| corrupt(x.to_string()))?),
+        };
+        Ok((
+            id,
+            PathInfo {
+                path,
+                deriver,
+                nar_hash,
+                references: BTreeSet::new(),
+                registration_time: row.get::<_, Option<i64>>(3).map_err(&e)?.unwrap_or(0),
+                nar_size: row.get::<_, Option<i64>>(5).map_err(&e)?.unwrap_or(0) as u64,
+                ultimate: row.get::<_, Option<i64>>(6).map_err(&e)? == Some(1),
+                sigs: sigs.unwrap_or_default().split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                ca,
+            },
+        ))
+    }
+
+    pub fn id_of(&self, path: &StorePath) -> Result<Option<i64>> {
+        let full = self.store_dir.display(path);
+        self.conn
+            .prepare_cached("select id from ValidPaths where path = ?")
+            .and_then(|mut s| s.query_row([full], |r| r.get(0)).optional())
+            .map_err(self.err())
+    }
+
+    pub fn is_valid(&self, path: &StorePath) -> Result<bool> {
+        Ok(self.id_of(path)?.is_some())
+    }
+
+    pub fn references_of_id(&self, id: i64) -> Result<BTreeSet<StorePath>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("select path from Refs join ValidPaths on reference = id where referrer = ?")
+            .map_err(self.err())?;
+        let rows: Vec<String> = stmt.query_map([id], |r| r.get(0)).and_then(|r| r.collect()).map_err(self.err())?;
+        rows.iter().map(|p| self.parse_path(p)).collect()
+    }
+
+    pub fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
+        let full = self.store_dir.display(path);
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("select {INFO_COLUMNS} from ValidPaths where path = ?"))
+            .map_err(self.err())?;
+        let mut rows = stmt.query([full]).map_err(self.err())?;
+        let Some(row) = rows.next().map_err(self.err())? else {
+            return Ok(None);
+        };
+        let (id, mut info) = self.row_to_info(row)?;
+        info.references = self.references_of_id(id)?;
+        Ok(Some(info))
+    }
+
+    fn path_list(&self, sql: &str, arg: &dyn rusqlite::ToSql) -> Result<BTreeSet<StorePath>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(self.err())?;
+        let rows: Vec<String> = stmt.query_map([arg], |r| r.get(0)).and_then(|r| r.collect()).map_err(self.err())?;
+        rows.iter().map(|p| self.parse_path(p)).collect()
+    }
+
+    /// One join, no per-path lookups.
+    pub fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.path_list(
+            "select v.path from Refs r join ValidPaths v on r.referrer = v.id
+             where r.reference = (select id from ValidPaths where path = ?)",
+            &self.store_dir.display(path),
+        )
+    }
+
+    pub fn valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.path_list(
+            "select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?",
+            &self.store_dir.display(path),
+        )
+    }
+
+    pub fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>> {
+        let Some(id) = self.id_of(drv)? else {
+            return Err(StoreError::NotValid(self.store_dir.display(drv)));
+        };
+        let mut stmt = self.conn.prepare_cached("select id, path from DerivationOutputs where drv = ?").map_err(self.err())?;
+        let rows: Vec<(String, String)> =
+            stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|r| r.collect()).map_err(self.err())?;
+        rows.into_iter().map(|(name, p)| Ok((name, self.parse_path(&p)?))).collect()
+    }
+
+    pub fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>> {
+        let prefix = format!("{}/{hash_part}", self.store_dir.as_str());
+        let mut stmt = self.conn.prepare_cached("select path from ValidPaths where path >= ? limit 1").map_err(self.err())?;
+        let found: Option<String> = stmt.query_row([&prefix], |r| r.get(0)).optional().map_err(self.err())?;
+        match found {
+            Some(p) if p.starts_with(&prefix) => Ok(Some(self.parse_path(&p)?)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn all_paths(&self) -> Result<Vec<StorePath>> {
+        let mut stmt = self.conn.prepare_cached("select path from ValidPaths").map_err(self.err())?;
+        let rows: Vec<String> = stmt.query_map([], |r| r.get(0)).and_then(|r| r.collect()).map_err(self.err())?;
+        rows.iter().map(|p| self.parse_path(p)).collect()
+    }
+
+    pub fn count_paths(&self) -> Result<u64> {
+        self.conn.query_row("select count(*) from ValidPaths", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(self.err())
+    }
+
+    /// The infos (with references) of the closure of `roots`, found with one recursive
+    /// query and one join over `Refs`, rather than a lookup per path. Roots missing from
+    /// this database are returned in the second list.
+    pub fn closure(&self, roots: &[StorePath]) -> Result<(Vec<PathInfo>, Vec<StorePath>)> {
+        let tx_guard = self.read_snapshot()?;
+        self.conn
+            .execute_batch("create temp table if not exists ClosureRoots (id integer primary key); delete from ClosureRoots;")
+            .map_err(self.err())?;
+        let mut missing = Vec::new();
+        {
+            let mut ins = self.conn.prepare_cached("insert or ignore into ClosureRoots values (?)").map_err(self.err())?;
+            for r in roots {
+                match self.id_of(r)? {
+                    Some(id) => {
+                        ins.execute([id]).map_err(self.err())?;
+                    }
+                    None => missing.push(r.clone()),
+                }
+            }
+        }
+        let infos = self.collect_closure(
+            "with recursive closure(id) as (
+                 select id from temp.ClosureRoots
+                 union
+                 select r.reference from Refs r join closure c on r.referrer = c.id)",
+        )?;
+        drop(tx_guard);
+        Ok((infos, missing))
+    }
+
+    /// Runs a `with … closure(id)` prefix and loads the rows and references it names.
+    fn collect_closure(&self, with: &str) -> Result<Vec<PathInfo>> {
+        let mut by_id: HashMap<i64, PathInfo> = HashMap::new();
+        let mut path_of: HashMap<i64, StorePath> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("{with} select {INFO_COLUMNS} from ValidPaths where id in (select id from closure)"))
+                .map_err(self.err())?;
+            let mut rows = stmt.query([]).map_err(self.err())?;
+            while let Some(row) = rows.next().map_err(self.err())? {
+                let (id, info) = self.row_to_info(row)?;
+                path_of.insert(id, info.path.clone());
+                by_id.insert(id, info);
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{with} select referrer, reference from Refs where referrer in (select id from closure)"))
+            .map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let (from, to): (i64, i64) = (row.get(0).map_err(self.err())?, row.get(1).map_err(self.err())?);
+            if let (Some(p), Some(info)) = (path_of.get(&to).cloned(), by_id.get_mut(&from)) {
+                info.references.insert(p);
+            }
+        }
+        Ok(by_id.into_values().collect())
+    }
+
+    /// All infos, with references: the whole graph in two scans.
+    pub fn all_infos(&self) -> Result<Vec<PathInfo>> {
+        let _snap = self.read_snapshot()?;
+        self.collect_closure("with closure(id) as (select id from ValidPaths)")
+    }
+
+    /// A read transaction, so multi-statement reads see one snapshot of a live database.
+    fn read_snapshot(&self) -> Result<SnapshotGuard<'_>> {
+        if self.conn.is_autocommit() {
+            self.conn.execute_batch("begin").map_err(self.err())?;
+            Ok(SnapshotGuard { conn: Some(&self.conn) })
+        } else {
+            Ok(SnapshotGuard { conn: None })
+        }
+    }
+
+    /// Registers a batch of paths with their references in one transaction, as Nix's
+    /// `registerValidPaths`: insert or update each row, then (re)write each path's
+    /// references; every reference must be valid already or be in the batch, and the
+    /// batch must not form a cycle.
+    pub fn register(&mut self, batch: &[Registration]) -> Result<()> {
+        let path = self.path.clone();
+        let store_dir = self.store_dir.clone();
+        let err = |source| StoreError::Db { path: path.clone(), source };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        crate::store::topo_sort(batch.iter().map(|r| r.info.clone()).collect())?;
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut ids: HashMap<&StorePath, i64> = HashMap::new();
+        {
+            let mut find = tx.prepare_cached("select id from ValidPaths where path = ?").map_err(err)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca)
+                     values (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .map_err(err)?;
+            let mut update = tx
+                .prepare_cached("update ValidPaths set narSize = ?, hash = ?, ultimate = ?, sigs = ?, ca = ? where path = ?")
+                .map_err(err)?;
+            let mut out_stmt =
+                tx.prepare_cached("insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)").map_err(err)?;
+            for reg in batch {
+                let info = &reg.info;
+                let full = store_dir.display(&info.path);
+                let sigs = (!info.sigs.is_empty()).then(|| info.sigs.iter().cloned().collect::<Vec<_>>().join(" "));
+                let nar_size = (info.nar_size != 0).then_some(info.nar_size as i64);
+                let ultimate = info.ultimate.then_some(1i64);
+                let ca = info.ca.as_ref().map(|c| c.to_string());
+                let existing: Option<i64> = find.query_row([&full], |r| r.get(0)).optional().map_err(err)?;
+                let id = match existing {
+                    Some(id) => {
+                        update.execute(params![nar_size, info.nar_hash.to_db_string(), ultimate, sigs, ca, full]).map_err(err)?;
+                        id
+                    }
+                    None => {
+                        let time = if info.registration_time == 0 { now } else { info.registration_time };
+                        insert
+                            .execute(params![
+                                full,
+                                info.nar_hash.to_db_string(),
+                                time,
+                                info.deriver.as_ref().map(|d| store_dir.display(d)),
+                                nar_size,
+                                ultimate,
+                                sigs,
+                                ca
+                            ])
+                            .map_err(err)?;
+                        tx.last_insert_rowid()
+                    }
+                };
+                for (name, out) in &reg.drv_outputs {
+                    out_stmt.execute(params![id, name, store_dir.display(out)]).map_err(err)?;
+                }
+                ids.insert(&info.path, id);
+            }
+            let mut add_ref = tx.prepare_cached("insert or replace into Refs (referrer, reference) values (?, ?)").map_err(err)?;
+            for reg in batch {
+                let from = ids[&reg.info.path];
+                for r in &reg.info.references {
+                    let to = match ids.get(r) {
+                        Some(&id) => id,
+                        None => find
+                            .query_row([store_dir.display(r)], |row| row.get(0))
+                            .optional()
+                            .map_err(err)?
+                            .ok_or_else(|| StoreError::NotValid(store_dir.display(r)))?,
+                    };
+                    add_ref.execute([from, to]).map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Deletes rows (referrers must go first or in the same call), in one transaction.
+    pub fn delete_paths(&mut self, paths: &[StorePath]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Db { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut del = tx.prepare_cached("delete from ValidPaths where path = ?").map_err(err)?;
+            for p in paths {
+                del.execute([self.store_dir.display(p)]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Rewrites the hash and size of a row (verify's repairs of missing values).
+    pub fn fix_hash_and_size(&self, path: &StorePath, hash: Option<&Hash>, size: Option<u64>) -> Result<()> {
+        let full = self.store_dir.display(path);
+        if let Some(h) = hash {
+            self.conn.execute("update ValidPaths set hash = ? where path = ?", params![h.to_db_string(), full]).map_err(self.err())?;
+        }
+        if let Some(n) = size {
+            self.conn.execute("update ValidPaths set narSize = ? where path = ?", params![n as i64, full]).map_err(self.err())?;
+        }
+        Ok(())
+    }
+}
+
+/// Ends a read transaction when dropped.
+struct SnapshotGuard<'a> {
+    conn: Option<&'a Connection>,
+}
+
+impl Drop for SnapshotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn {
+            let _ = c.execute_batch("commit");
+        }
+    }
+}

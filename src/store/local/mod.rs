@@ -1,0 +1,305 @@
+//! The Nix local store: files under `real`, metadata under `state`, laid out, locked and
+//! encoded as Nix 2.8 does, so either program can open a store the other wrote.
+//!
+//! ```text
+//! <real>/<hash>-<name>          store objects (read-only, mtime 1)
+//! <real>/<hash>-<name>.lock     per-path lock while a path is added
+//! <real>/.links/                optimise pool (created, kept as Nix keeps it)
+//! <state>/db/db.sqlite          the database (schema in db.rs)
+//! <state>/db/schema             "10", no newline
+//! <state>/db/big-lock           shared flock while open
+//! <state>/db/reserved           space GC can free when the disk is full
+//! <state>/gcroots/ profiles/ temproots/
+//! ```
+
+pub mod canonicalise;
+pub mod db;
+pub mod ingest;
+pub mod lock;
+pub mod verify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::format::derivation;
+use crate::format::export;
+use crate::format::hash::{HashAlgo, HashSink};
+use crate::format::nar;
+use crate::format::{StoreDir, StorePath};
+use crate::store::{io_err, topo_sort, PathInfo, Result, Store, StoreError};
+
+pub use db::{Database, OpenMode, Registration};
+pub use lock::{FileLock, LockKind, PathLock};
+
+/// `nixSchemaVersion`: the only database schema version Nix 2.8 and later use.
+pub const SCHEMA_VERSION: u32 = 10;
+/// Size of `db/reserved`, as Nix's `reserved-size` default.
+const RESERVED_SIZE: u64 = 8 * 1024 * 1024;
+
+/// Where a local store lives; derived from a store spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    pub store_dir: StoreDir,
+    pub real: PathBuf,
+    pub state: PathBuf,
+    /// Never write: no layout creation, database opened read-only.
+    pub read_only: bool,
+    /// The database never changes: SQLite immutable mode (implies read-only).
+    pub immutable: bool,
+}
+
+impl LocalConfig {
+    pub fn db_dir(&self) -> PathBuf {
+        self.state.join("db")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.db_dir().join("db.sqlite")
+    }
+}
+
+pub struct LocalStore {
+    config: LocalConfig,
+    db: Database,
+    _big_lock: Option<FileLock>,
+}
+
+/// Creates the directories and files of a local store that are missing, as Nix does on
+/// its first open. Idempotent.
+pub fn create_layout(config: &LocalConfig) -> Result<()> {
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "root".into());
+    let dirs = [
+        config.real.clone(),
+        config.real.join(".links"),
+        config.db_dir(),
+        config.state.join("gcroots").join("per-user").join(&user),
+        config.state.join("profiles").join("per-user").join(&user),
+        config.state.join("temproots"),
+    ];
+    for d in &dirs {
+        fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    let profiles_link = config.state.join("gcroots").join("profiles");
+    if fs::symlink_metadata(&profiles_link).is_err() {
+        std::os::unix::fs::symlink(config.state.join("profiles"), &profiles_link).map_err(io_err(&profiles_link))?;
+    }
+    let reserved = config.db_dir().join("reserved");
+    if fs::metadata(&reserved).map(|m| m.len() != RESERVED_SIZE).unwrap_or(true) {
+        let f = fs::File::create(&reserved).map_err(io_err(&reserved))?;
+        f.set_len(RESERVED_SIZE).map_err(io_err(&reserved))?;
+    }
+    Ok(())
+}
+
+/// Reads `db/schema`: `None` when missing (a new store).
+fn read_schema_version(path: &Path) -> Result<Option<u32>> {
+    match fs::read_to_string(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+        Ok(s) => s.parse::<u32>().map(Some).map_err(|_| StoreError::CorruptSchemaFile(path.to_path_buf())),
+    }
+}
+
+impl LocalStore {
+    /// Opens a store, creating its layout first unless it is read-only.
+    pub fn open(config: LocalConfig) -> Result<LocalStore> {
+        let read_only = config.read_only || config.immutable;
+        if !read_only {
+            create_layout(&config)?;
+        }
+        let schema_file = config.db_dir().join("schema");
+        let big_lock = if read_only {
+            None
+        } else {
+            let p = config.db_dir().join("big-lock");
+            FileLock::acquire(&p, LockKind::Shared, true).map_err(io_err(&p))?
+        };
+        let version = read_schema_version(&schema_file)?;
+        match version {
+            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaVersion(v)),
+            Some(v) if v < SCHEMA_VERSION => {
+                return Err(StoreError::Other(format!(
+                    "'{}' is schema version {v}; open it once with Nix to upgrade it",
+                    schema_file.display()
+                )))
+            }
+            _ => {}
+        }
+        let db_path = config.db_path();
+        if read_only && !db_path.exists() {
+            return Err(StoreError::Io { path: db_path, source: io::Error::new(io::ErrorKind::NotFound, "no store database here") });
+        }
+        let mode = if config.immutable {
+            OpenMode::Immutable
+        } else if config.read_only {
+            OpenMode::ReadOnly
+        } else {
+            OpenMode::ReadWrite
+        };
+        let db = Database::open(&db_path, mode, &config.store_dir)?;
+        if version.is_none() && !read_only {
+            fs::write(&schema_file, SCHEMA_VERSION.to_string()).map_err(io_err(&schema_file))?;
+        }
+        Ok(LocalStore { config, db, _big_lock: big_lock })
+    }
+
+    pub fn config(&self) -> &LocalConfig {
+        &self.config
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn db_mut(&mut self) -> &mut Database {
+        &mut self.db
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.config.read_only || self.config.immutable {
+            return Err(StoreError::ReadOnly(self.config.real.display().to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn lock_path_of(&self, path: &StorePath) -> PathBuf {
+        self.config.real.join(format!("{}.lock", path.basename()))
+    }
+
+    /// A fresh name in the real store dir for an object being written; starts with a dot
+    /// so it can never be mistaken for a store path.
+    pub(crate) fn temp_name(&self, what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.config.real.join(format!(".tmp-overlay-store-{what}-{}-{n}", std::process::id()))
+    }
+
+    /// The `DerivationOutputs` rows of a `.drv` whose file is at `file`.
+    pub fn read_drv_outputs(&self, path: &StorePath, file: &Path) -> Result<Vec<(String, StorePath)>> {
+        if !path.is_derivation() {
+            return Ok(Vec::new());
+        }
+        let text = fs::read(file).map_err(io_err(file))?;
+        let outs = derivation::parse_outputs(&text)
+            .map_err(|e| StoreError::Derivation { path: self.config.store_dir.display(path), what: e.to_string() })?;
+        outs.into_iter()
+            .filter(|o| !o.path.is_empty())
+            .map(|o| Ok((o.name, self.config.store_dir.parse_path(&o.path)?)))
+            .collect()
+    }
+
+    /// Registers new paths whose files are already in place, in one transaction.
+    pub fn register(&mut self, batch: &[Registration]) -> Result<()> {
+        self.check_writable()?;
+        self.db.register(batch)
+    }
+
+    /// Writes the NAR of a path's files (as they are on disk) to `out`.
+    pub fn dump<W: Write>(&self, path: &StorePath, out: W) -> Result<W> {
+        let real = self.real_path(path);
+        nar::dump_path(&real, out).map_err(io_err(real))
+    }
+
+    /// Writes an export stream of `paths` (not their closure), dependencies first,
+    /// refusing paths whose files no longer match their recorded hash.
+    pub fn export<W: Write>(&self, paths: &[StorePath], out: &mut W) -> Result<()> {
+        export_paths(self, paths, out)
+    }
+}
+
+/// `nix-store --export` over any store: hash while writing, complain after, like Nix.
+pub fn export_paths<W: Write>(store: &dyn Store, paths: &[StorePath], out: &mut W) -> Result<()> {
+    let sd = store.store_dir().clone();
+    let mut infos = Vec::new();
+    for p in paths {
+        infos.push(store.path_info(p)?.ok_or_else(|| StoreError::NotValid(sd.display(p)))?);
+    }
+    infos.dedup_by(|a, b| a.path == b.path);
+    for info in topo_sort(infos)? {
+        let real = store.real_path(&info.path);
+        let mut got = None;
+        export::write_item(out, &sd, &info.path, &info.references, info.deriver.as_ref(), |w| {
+            let tee = Tee { a: w, b: HashSink::new(HashAlgo::Sha256) };
+            let tee = nar::dump_path(&real, tee)?;
+            got = Some(tee.b.finish().0);
+            Ok(())
+        })
+        .map_err(io_err(&real))?;
+        let got = got.expect("write_nar ran");
+        if got != info.nar_hash {
+            return Err(StoreError::HashChanged {
+                path: sd.display(&info.path),
+                expected: info.nar_hash.to_nix32_string(),
+                got: got.to_nix32_string(),
+            });
+        }
+    }
+    export::write_end(out).map_err(io_err("<output>"))
+}
+
+struct Tee<A: Write, B: Write> {
+    a: A,
+    b: B,
+}
+
+impl<A: Write, B: Write> Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.a.write_all(buf)?;
+        self.b.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.a.flush()
+    }
+}
+
+impl Store for LocalStore {
+    fn store_dir(&self) -> &StoreDir {
+        &self.config.store_dir
+    }
+
+    fn real_path(&self, path: &StorePath) -> PathBuf {
+        self.config.real.join(path.basename())
+    }
+
+    fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
+        self.db.path_info(path)
+    }
+
+    fn is_valid(&self, path: &StorePath) -> Result<bool> {
+        self.db.is_valid(path)
+    }
+
+    fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.db.referrers(path)
+    }
+
+    fn valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.db.valid_derivers(path)
+    }
+
+    fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>> {
+        self.db.derivation_outputs(drv)
+    }
+
+    fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>> {
+        crate::format::store_path::validate_hash_part(hash_part)?;
+        self.db.path_from_hash_part(hash_part)
+    }
+
+    fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>> {
+        let (infos, missing) = self.db.closure(roots)?;
+        if let Some(m) = missing.first() {
+            return Err(StoreError::NotValid(self.config.store_dir.display(m)));
+        }
+        Ok(infos)
+    }
+
+    fn all_paths(&self) -> Result<Vec<StorePath>> {
+        self.db.all_paths()
+    }
+}
+

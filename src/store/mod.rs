@@ -1,0 +1,131 @@
+//! Stores: the Nix local store, and (built on it) the local overlay store.
+//!
+//! [`Store`] is the read interface both present to the CLI and to policies; each store
+//! type adds its own mutating operations.
+
+pub mod local;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::format::export::ExportError;
+use crate::format::hash::HashError;
+use crate::format::nar::NarError;
+use crate::format::store_path::{ContentAddressError, StorePathError};
+use crate::format::{ContentAddress, Hash, StoreDir, StorePath};
+
+/// The metadata of a valid store path, one row of `ValidPaths` plus its `Refs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    pub path: StorePath,
+    pub deriver: Option<StorePath>,
+    pub nar_hash: Hash,
+    pub references: BTreeSet<StorePath>,
+    /// Seconds since the epoch; 0 means "now" when registering.
+    pub registration_time: i64,
+    pub nar_size: u64,
+    pub ultimate: bool,
+    pub sigs: BTreeSet<String>,
+    pub ca: Option<ContentAddress>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("path '{0}' is not valid")]
+    NotValid(String),
+    #[error(transparent)]
+    StorePath(#[from] StorePathError),
+    #[error("database '{path}': {source}")]
+    Db { path: PathBuf, source: rusqlite::Error },
+    #[error("'{path}': {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid-path entry for '{path}': {what}")]
+    CorruptRow { path: String, what: String },
+    #[error("'{0}' is corrupt")]
+    CorruptSchemaFile(PathBuf),
+    #[error("current Nix store schema is version {0}, but I only support 10")]
+    SchemaVersion(u32),
+    #[error("store '{0}' is read-only")]
+    ReadOnly(String),
+    #[error("cycle detected in the references of '{0}'")]
+    Cycle(String),
+    #[error("hash of path '{path}' has changed from '{expected}' to '{got}'!")]
+    HashChanged { path: String, expected: String, got: String },
+    #[error("{0}")]
+    Nar(#[from] NarError),
+    #[error("{0}")]
+    Export(#[from] ExportError),
+    #[error("{0}")]
+    Hash(#[from] HashError),
+    #[error("{0}")]
+    ContentAddress(#[from] ContentAddressError),
+    #[error("derivation '{path}': {what}")]
+    Derivation { path: String, what: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.into();
+    move |source| StoreError::Io { path, source }
+}
+
+/// What every store answers about its paths. Lists come back sorted unless said otherwise.
+pub trait Store {
+    fn store_dir(&self) -> &StoreDir;
+    /// Where the files of `path` are read (for an overlay: through the mount).
+    fn real_path(&self, path: &StorePath) -> PathBuf;
+    fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>>;
+    fn is_valid(&self, path: &StorePath) -> Result<bool> {
+        Ok(self.path_info(path)?.is_some())
+    }
+    fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>>;
+    fn valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>>;
+    /// The outputs a `.drv` declares with known paths (`DerivationOutputs`).
+    fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>>;
+    fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>>;
+    /// The infos of the closure of `roots` under references, in no particular order.
+    /// Fails with `NotValid` on an invalid root.
+    fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>>;
+    /// Every path the store's database registers.
+    fn all_paths(&self) -> Result<Vec<StorePath>>;
+}
+
+/// Orders infos so that every path comes after its references (dependencies first);
+/// ties broken by path, so the order is stable. Self-references are ignored.
+pub fn topo_sort(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>> {
+    let index: BTreeMap<StorePath, usize> = infos.iter().enumerate().map(|(i, p)| (p.path.clone(), i)).collect();
+    let mut pending: Vec<usize> = vec![0; infos.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); infos.len()];
+    for (i, info) in infos.iter().enumerate() {
+        for r in &info.references {
+            if r == &info.path {
+                continue;
+            }
+            if let Some(&j) = index.get(r) {
+                pending[i] += 1;
+                dependents[j].push(i);
+            }
+        }
+    }
+    let mut ready: BTreeSet<(StorePath, usize)> =
+        (0..infos.len()).filter(|&i| pending[i] == 0).map(|i| (infos[i].path.clone(), i)).collect();
+    let mut order = Vec::with_capacity(infos.len());
+    while let Some((_, i)) = ready.pop_first() {
+        order.push(i);
+        for &d in &dependents[i] {
+            pending[d] -= 1;
+            if pending[d] == 0 {
+                ready.insert((infos[d].path.clone(), d));
+            }
+        }
+    }
+    if order.len() != infos.len() {
+        let stuck = (0..infos.len()).find(|&i| pending[i] > 0).expect("some path is in a cycle");
+        return Err(StoreError::Cycle(infos[stuck].path.to_string()));
+    }
+    let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
+    Ok(order.into_iter().map(|i| slots[i].take().expect("each index once")).collect())
+}
