@@ -1,1 +1,5 @@
-fn main(){}
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -33,8 +33,9 @@ pub fn hash_path(path: &Path, algo: HashAlgo) -> std::io::Result<(Hash, u64)> {
 }
 
 /// Hashes the given paths' files in parallel; `None` where a file could not be read.
-pub fn hash_paths(store: &(dyn Store + Sync), infos: &[PathInfo]) -> Vec<Option<(Hash, u64)>> {
-    infos.par_iter().map(|i| hash_path(&store.real_path(&i.path), i.nar_hash.algo()).ok()).collect()
+pub fn hash_paths(store: &dyn Store, infos: &[PathInfo]) -> Vec<Option<(Hash, u64)>> {
+    let jobs: Vec<_> = infos.iter().map(|i| (store.real_path(&i.path), i.nar_hash.algo())).collect();
+    jobs.par_iter().map(|(real, algo)| hash_path(real, *algo).ok()).collect()
 }
 
 /// A path's contents compared with its info; the message Nix prints when it differs.
@@ -49,7 +50,7 @@ pub fn modified_message(store_display: &str, info: &PathInfo, got: &Hash) -> Str
 /// Plans and runs verification of `infos` (all paths the store registers). The caller
 /// supplies deletion of rows for vanished paths (`forget`), and gets back fixes to apply.
 pub struct Verifier<'a> {
-    pub store: &'a (dyn Store + Sync),
+    pub store: &'a dyn Store,
     pub check_contents: bool,
     pub notice: &'a mut dyn FnMut(&str),
 }

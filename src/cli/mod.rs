@@ -1,0 +1,349 @@
+//! The command line: arguments, output formats and exit codes. Everything here is a
+//! thin shell over the library; errors are rendered for humans only at this edge.
+
+mod logging;
+mod output;
+mod paths;
+mod query;
+
+use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cli::logging::LogFormat;
+use overlay_store::spec::{SpecError, StoreKind, StoreSpec};
+use overlay_store::store::local::ingest::{self, IngestTarget};
+use overlay_store::store::local::verify::{hash_path, modified_message, Fix, Verifier};
+use overlay_store::store::local::{LocalConfig, LocalStore};
+use overlay_store::store::{Store, StoreError};
+
+#[derive(Parser, Debug)]
+#[command(name = "overlay-store", version, about = "A Nix-compatible local store and local overlay store")]
+#[command(after_help = "The store is named by --config FILE (a TOML store spec) or --store URI (a Nix store URI), or the OVERLAY_STORE_CONFIG environment variable.\nExit status: 0 success, 1 the operation failed, 2 usage or configuration error.")]
+pub struct Cli {
+    /// TOML store spec to open.
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE", conflicts_with = "store")]
+    config: Option<PathBuf>,
+    /// Nix store URI to open (`local?root=…`, `local-overlay://?…`, an absolute path).
+    #[arg(long = "store", global = true, value_name = "URI")]
+    store: Option<String>,
+    /// More logging (-v debug, -vv trace).
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short = 'q', long = "quiet", global = true)]
+    quiet: bool,
+    /// Format of the log on stderr.
+    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the store's directories, database and schema file (idempotent).
+    Init,
+    /// Add files or directories to the store, as `nix-store --add`; prints their store paths.
+    Add {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Write the NAR of a store path (or any file system path) to stdout.
+    Dump { path: String },
+    /// Import a `nix-store --export` stream (from FILE or stdin); prints every path in it.
+    Import { file: Option<PathBuf> },
+    /// Write a `nix-store --export` stream of the given paths to stdout, dependencies first.
+    Export {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Show metadata of store paths, as `nix path-info`.
+    PathInfo(PathInfoArgs),
+    /// Query store paths, as `nix-store --query`.
+    Query(query::QueryArgs),
+    /// Print the store path whose hash part is HASH; exit 1 if there is none.
+    PathFromHashPart { hash: String },
+    /// Check every registered path exists and (with --check-contents) is unmodified.
+    Verify {
+        #[arg(long)]
+        check_contents: bool,
+    },
+    /// Check the contents of the given paths against their recorded hashes.
+    VerifyPath {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Print the Nix store URI equivalent to the configured store spec.
+    Uri,
+}
+
+#[derive(Args, Debug)]
+pub struct PathInfoArgs {
+    /// Print JSON: an object keyed by store path, as current `nix path-info --json`.
+    #[arg(long)]
+    json: bool,
+    /// Apply to the closure of the paths.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// Print the closure size of each path.
+    #[arg(short = 'S', long = "closure-size")]
+    closure_size: bool,
+    /// Print the NAR size of each path.
+    #[arg(short = 's', long = "size")]
+    size: bool,
+    #[arg(required = true)]
+    paths: Vec<String>,
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(String),
+    /// The command already reported its problems; just exit 1.
+    #[error("")]
+    Reported,
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Spec(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let verbosity = if cli.quiet { -1 } else { cli.verbose.min(2) as i8 };
+    logging::init(cli.log_format, verbosity);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Store(StoreError::Io { source, .. })) if source.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            if !matches!(e, CliError::Reported) {
+                tracing::error!("{e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn load_spec(cli: &Cli) -> CliResult<StoreSpec> {
+    let spec = if let Some(file) = &cli.config {
+        StoreSpec::from_file(file)?
+    } else if let Some(uri) = &cli.store {
+        StoreSpec::parse_arg(uri)?
+    } else if let Some(file) = std::env::var_os("OVERLAY_STORE_CONFIG") {
+        StoreSpec::from_file(std::path::Path::new(&file))?
+    } else {
+        return Err(CliError::Usage(
+            "no store given: pass --config FILE (a TOML store spec) or --store URI (for example --store local?root=/tmp/s)".into(),
+        ));
+    };
+    for w in spec.warnings() {
+        tracing::warn!("{w}");
+    }
+    Ok(spec)
+}
+
+/// The local store a spec describes.
+pub fn local_config(spec: &StoreSpec) -> LocalConfig {
+    LocalConfig {
+        store_dir: overlay_store::format::StoreDir::new(&spec.store_dir.to_string_lossy()),
+        real: spec.real.clone(),
+        state: spec.state.clone(),
+        read_only: spec.read_only,
+        immutable: spec.immutable,
+    }
+}
+
+/// The store a command works on.
+pub enum Opened {
+    Local(LocalStore),
+}
+
+impl Opened {
+    fn open(spec: &StoreSpec) -> CliResult<Opened> {
+        match spec.kind {
+            StoreKind::Local => Ok(Opened::Local(LocalStore::open(local_config(spec))?)),
+            StoreKind::LocalOverlay => Err(CliError::Failed("the local overlay store is not implemented yet".into())),
+            StoreKind::Daemon => Err(CliError::Failed("a daemon store can only be used as a lower store".into())),
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        match self {
+            Opened::Local(s) => s,
+        }
+    }
+
+    fn ingest(&mut self) -> &mut dyn IngestTarget {
+        match self {
+            Opened::Local(s) => s,
+        }
+    }
+}
+
+fn stdout() -> BufWriter<io::StdoutLock<'static>> {
+    BufWriter::with_capacity(1 << 16, io::stdout().lock())
+}
+
+fn out_err(e: io::Error) -> CliError {
+    CliError::Store(StoreError::Io { path: "<stdout>".into(), source: e })
+}
+
+fn run(cli: Cli) -> CliResult {
+    let spec = load_spec(&cli)?;
+    match cli.command {
+        Command::Uri => {
+            println!("{}", spec.to_uri());
+            Ok(())
+        }
+        Command::Init => {
+            let opened = Opened::open(&spec)?;
+            tracing::info!("initialised store at '{}'", spec.real.display());
+            drop(opened);
+            Ok(())
+        }
+        Command::Add { paths } => {
+            let mut opened = Opened::open(&spec)?;
+            let mut out = stdout();
+            for p in paths {
+                let sp = ingest::add_path(opened.ingest(), &p)?;
+                writeln!(out, "{}", opened.store().store_dir().display(&sp)).map_err(out_err)?;
+            }
+            out.flush().map_err(out_err)
+        }
+        Command::Dump { path } => {
+            let opened = Opened::open(&spec)?;
+            let store = opened.store();
+            let real = match paths::resolve(store, &path) {
+                Ok(sp) => store.real_path(&sp),
+                Err(_) if std::path::Path::new(&path).exists() => PathBuf::from(&path),
+                Err(e) => return Err(e),
+            };
+            let out = overlay_store::format::nar::dump_path(&real, stdout()).map_err(|e| StoreError::Io { path: real.clone(), source: e })?;
+            out.into_inner().map_err(|e| out_err(e.into_error()))?.flush().map_err(out_err)
+        }
+        Command::Import { file } => {
+            let mut opened = Opened::open(&spec)?;
+            let mut input: Box<dyn Read> = match &file {
+                Some(f) => Box::new(std::fs::File::open(f).map_err(|e| StoreError::Io { path: f.clone(), source: e })?),
+                None => {
+                    if io::stdin().is_terminal() {
+                        return Err(CliError::Usage("import reads an export stream from FILE or stdin; stdin is a terminal".into()));
+                    }
+                    Box::new(io::stdin().lock())
+                }
+            };
+            let mut reader = BufReader::with_capacity(1 << 20, &mut input);
+            let imported = ingest::import(opened.ingest(), &mut reader)?;
+            let mut out = stdout();
+            for p in imported {
+                writeln!(out, "{}", opened.store().store_dir().display(&p)).map_err(out_err)?;
+            }
+            out.flush().map_err(out_err)
+        }
+        Command::Export { paths } => {
+            let opened = Opened::open(&spec)?;
+            let store = opened.store();
+            let sps = paths.iter().map(|p| paths::resolve(store, p)).collect::<CliResult<Vec<_>>>()?;
+            let mut out = stdout();
+            overlay_store::store::local::export_paths(store, &sps, &mut out)?;
+            out.flush().map_err(out_err)
+        }
+        Command::PathInfo(args) => {
+            let opened = Opened::open(&spec)?;
+            output::path_info(opened.store(), &args)
+        }
+        Command::Query(args) => {
+            let opened = Opened::open(&spec)?;
+            query::run(opened.store(), &args)
+        }
+        Command::PathFromHashPart { hash } => {
+            let opened = Opened::open(&spec)?;
+            let store = opened.store();
+            match store.path_from_hash_part(&hash)? {
+                Some(p) => {
+                    println!("{}", store.store_dir().display(&p));
+                    Ok(())
+                }
+                None => Err(CliError::Failed(format!("there is no store path with hash part '{hash}'"))),
+            }
+        }
+        Command::Verify { check_contents } => {
+            let mut opened = Opened::open(&spec)?;
+            verify(&mut opened, check_contents)
+        }
+        Command::VerifyPath { paths } => {
+            let opened = Opened::open(&spec)?;
+            let store = opened.store();
+            let mut bad = false;
+            for p in &paths {
+                let sp = paths::resolve(store, p)?;
+                let sd = store.store_dir().display(&sp);
+                let info = store.path_info(&sp)?.ok_or_else(|| StoreError::NotValid(sd.clone()))?;
+                let real = store.real_path(&sp);
+                match hash_path(&real, info.nar_hash.algo()) {
+                    Ok((h, _)) if h == info.nar_hash => {}
+                    Ok((h, _)) => {
+                        tracing::error!("{}", modified_message(&sd, &info, &h));
+                        bad = true;
+                    }
+                    Err(e) => {
+                        tracing::error!("path '{sd}' cannot be read: {e}");
+                        bad = true;
+                    }
+                }
+            }
+            if bad {
+                Err(CliError::Reported)
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn verify(opened: &mut Opened, check_contents: bool) -> CliResult {
+    let Opened::Local(store) = opened;
+    let infos = store.db().all_infos()?;
+    let links = store.config().real.join(".links");
+    let mut notice = |m: &str| tracing::info!("{m}");
+    let (report, fixes) = Verifier { store: &*store, check_contents, notice: &mut notice }.run(infos, Some(&links))?;
+    let forget: Vec<_> = fixes.iter().filter_map(|f| if let Fix::Forget(p) = f { Some(p.clone()) } else { None }).collect();
+    if !forget.is_empty() {
+        store.db_mut().delete_paths(&forget)?;
+    }
+    for f in &fixes {
+        match f {
+            Fix::SetHash(p, h) => store.db().fix_hash_and_size(p, Some(h), None)?,
+            Fix::SetSize(p, n) => store.db().fix_hash_and_size(p, None, Some(*n))?,
+            Fix::Forget(_) => {}
+        }
+    }
+    if report.errors > 0 {
+        tracing::warn!("not all store errors were fixed");
+        return Err(CliError::Reported);
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! `path-info` output: Nix's text table, or current Nix's JSON (format 1: an object keyed
+//! by store path, keys in alphabetical order, `null` for an invalid path).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+
+use serde_json::{json, Map, Value};
+
+use overlay_store::format::StorePath;
+use overlay_store::store::{PathInfo, Store, StoreError};
+
+use super::{out_err, paths, stdout, CliError, CliResult, PathInfoArgs};
+
+/// Closure sizes of every path in `infos` (which must be closed under references),
+/// sharing one in-memory graph.
+fn closure_sizes(infos: &[PathInfo]) -> HashMap<StorePath, u64> {
+    let index: HashMap<&StorePath, usize> = infos.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
+    let edges: Vec<Vec<usize>> =
+        infos.iter().map(|i| i.references.iter().filter_map(|r| index.get(r).copied()).collect()).collect();
+    let mut mark = vec![0u32; infos.len()];
+    let mut stack = Vec::new();
+    let mut sizes = HashMap::new();
+    for (start, info) in infos.iter().enumerate() {
+        let gen = start as u32 + 1;
+        let mut total = 0u64;
+        stack.push(start);
+        mark[start] = gen;
+        while let Some(n) = stack.pop() {
+            total += infos[n].nar_size;
+            for &m in &edges[n] {
+                if mark[m] != gen {
+                    mark[m] = gen;
+                    stack.push(m);
+                }
+            }
+        }
+        sizes.insert(info.path.clone(), total);
+    }
+    sizes
+}
+
+fn info_json(store: &dyn Store, info: &PathInfo, closure_size: Option<u64>) -> Value {
+    let sd = store.store_dir();
+    let mut m = Map::new();
+    m.insert("ca".into(), info.ca.as_ref().map(|c| Value::from(c.to_string())).unwrap_or(Value::Null));
+    if let Some(n) = closure_size {
+        m.insert("closureSize".into(), json!(n));
+    }
+    m.insert("deriver".into(), info.deriver.as_ref().map(|d| Value::from(sd.display(d))).unwrap_or(Value::Null));
+    m.insert("narHash".into(), json!(info.nar_hash.to_sri()));
+    m.insert("narSize".into(), json!(info.nar_size));
+    m.insert("references".into(), json!(info.references.iter().map(|r| sd.display(r)).collect::<Vec<_>>()));
+    m.insert("registrationTime".into(), if info.registration_time != 0 { json!(info.registration_time) } else { Value::Null });
+    m.insert("signatures".into(), json!(info.sigs.iter().collect::<Vec<_>>()));
+    m.insert("storeDir".into(), json!(sd.as_str()));
+    m.insert("ultimate".into(), json!(info.ultimate));
+    m.insert("version".into(), json!(1));
+    Value::Object(m)
+}
+
+pub fn path_info(store: &dyn Store, args: &PathInfoArgs) -> CliResult {
+    let sd = store.store_dir().clone();
+    let mut wanted = Vec::new();
+    let mut invalid = Vec::new();
+    for a in &args.paths {
+        let p = paths::resolve(store, a)?;
+        if store.is_valid(&p)? {
+            wanted.push(p);
+        } else {
+            invalid.push(p);
+        }
+    }
+    if !args.json {
+        if let Some(p) = invalid.first() {
+            return Err(StoreError::NotValid(sd.display(p)).into());
+        }
+    }
+    let need_closure = args.recursive || args.closure_size;
+    let mut infos: BTreeMap<StorePath, PathInfo> = BTreeMap::new();
+    let mut closure_infos = Vec::new();
+    if need_closure && !wanted.is_empty() {
+        closure_infos = store.closure(&wanted)?;
+    }
+    if args.recursive {
+        infos = closure_infos.iter().map(|i| (i.path.clone(), i.clone())).collect();
+    } else {
+        for p in &wanted {
+            let i = store.path_info(p)?.ok_or_else(|| CliError::from(StoreError::NotValid(sd.display(p))))?;
+            infos.insert(p.clone(), i);
+        }
+    }
+    let sizes = if args.closure_size { closure_sizes(&closure_infos) } else { HashMap::new() };
+    let mut out = stdout();
+    if args.json {
+        let mut obj = Map::new();
+        for (p, info) in &infos {
+            obj.insert(sd.display(p), info_json(store, info, sizes.get(p).copied()));
+        }
+        for p in &invalid {
+            tracing::warn!("path '{}' is not valid", sd.display(p));
+            obj.insert(sd.display(p), Value::Null);
+        }
+        let v = Value::Object(obj);
+        let text = if std::io::stdout().is_terminal() { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) }
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        writeln!(out, "{text}").map_err(out_err)?;
+    } else {
+        let width = infos.keys().map(|p| sd.display(p).len()).max().unwrap_or(0);
+        for (p, info) in &infos {
+            let shown = sd.display(p);
+            let mut line = shown.clone();
+            if args.size || args.closure_size {
+                line.push_str(&" ".repeat(width - shown.len()));
+            }
+            if args.size {
+                line.push_str(&format!("\t{:>11}", info.nar_size));
+            }
+            if args.closure_size {
+                line.push_str(&format!("\t{:>11}", sizes.get(p).copied().unwrap_or(0)));
+            }
+            writeln!(out, "{line}").map_err(out_err)?;
+        }
+    }
+    out.flush().map_err(out_err)
+}

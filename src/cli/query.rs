@@ -1,0 +1,137 @@
+//! `query`, as `nix-store --query`: one operation, applied to every argument.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::Write;
+
+use clap::{ArgGroup, Args};
+
+use overlay_store::format::StorePath;
+use overlay_store::store::{topo_sort, PathInfo, Store, StoreError};
+
+use super::{out_err, paths, stdout, CliError, CliResult};
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("op").required(true).multiple(false)))]
+pub struct QueryArgs {
+    /// The closure of the paths, dependencies first.
+    #[arg(short = 'R', long, group = "op")]
+    requisites: bool,
+    /// The immediate references of the paths.
+    #[arg(long, group = "op")]
+    references: bool,
+    /// The paths that refer to the paths.
+    #[arg(long, group = "op")]
+    referrers: bool,
+    /// The closure of the paths under the referrer relation.
+    #[arg(long = "referrers-closure", group = "op")]
+    referrers_closure: bool,
+    /// The derivation that produced each path, or `unknown-deriver`.
+    #[arg(long, group = "op")]
+    deriver: bool,
+    /// The outputs of each derivation (a non-derivation stands for itself).
+    #[arg(long, group = "op")]
+    outputs: bool,
+    /// The derivations in the store that have each path as an output.
+    #[arg(long = "valid-derivers", group = "op")]
+    valid_derivers: bool,
+    /// The NAR hash of each path (`sha256:<nix32>`).
+    #[arg(long, group = "op")]
+    hash: bool,
+    /// The NAR size of each path.
+    #[arg(long, group = "op")]
+    size: bool,
+    /// The garbage collector roots that keep each path alive.
+    #[arg(long, group = "op")]
+    roots: bool,
+    #[arg(required = true)]
+    paths: Vec<String>,
+}
+
+fn info_of(store: &dyn Store, p: &StorePath) -> CliResult<PathInfo> {
+    store.path_info(p)?.ok_or_else(|| StoreError::NotValid(store.store_dir().display(p)).into())
+}
+
+/// Closure under referrers, breadth first.
+fn referrers_closure(store: &dyn Store, roots: &[StorePath]) -> CliResult<BTreeSet<StorePath>> {
+    let mut seen: BTreeSet<StorePath> = roots.iter().cloned().collect();
+    let mut queue: VecDeque<StorePath> = roots.iter().cloned().collect();
+    while let Some(p) = queue.pop_front() {
+        for r in store.referrers(&p)? {
+            if seen.insert(r.clone()) {
+                queue.push_back(r);
+            }
+        }
+    }
+    Ok(seen)
+}
+
+pub fn run(store: &dyn Store, args: &QueryArgs) -> CliResult {
+    let sd = store.store_dir().clone();
+    let paths: Vec<StorePath> = args.paths.iter().map(|a| paths::resolve(store, a)).collect::<CliResult<_>>()?;
+    let mut out = stdout();
+    let mut line = |s: &str| writeln!(out, "{s}").map_err(out_err);
+    if args.requisites {
+        for p in &paths {
+            info_of(store, p)?;
+        }
+        for info in topo_sort(store.closure(&paths)?)? {
+            line(&sd.display(&info.path))?;
+        }
+    } else if args.referrers_closure {
+        for p in &paths {
+            info_of(store, p)?;
+        }
+        let set = referrers_closure(store, &paths)?;
+        let mut infos = Vec::new();
+        for p in &set {
+            infos.push(info_of(store, p)?);
+        }
+        // Restrict references to the set so the sort sees only edges inside it.
+        for i in &mut infos {
+            i.references.retain(|r| set.contains(r));
+        }
+        for info in topo_sort(infos)? {
+            line(&sd.display(&info.path))?;
+        }
+    } else if args.references || args.referrers || args.valid_derivers {
+        let mut all = BTreeSet::new();
+        for p in &paths {
+            if args.references {
+                all.extend(info_of(store, p)?.references);
+            } else if args.referrers {
+                all.extend(store.referrers(p)?);
+            } else {
+                all.extend(store.valid_derivers(p)?);
+            }
+        }
+        for p in all {
+            line(&sd.display(&p))?;
+        }
+    } else if args.outputs {
+        for p in &paths {
+            if p.is_derivation() {
+                let outs: BTreeMap<String, StorePath> = store.derivation_outputs(p)?;
+                for o in outs.values() {
+                    line(&sd.display(o))?;
+                }
+            } else {
+                line(&sd.display(p))?;
+            }
+        }
+    } else if args.deriver || args.hash || args.size {
+        for p in &paths {
+            let info = info_of(store, p)?;
+            if args.deriver {
+                line(&info.deriver.map(|d| sd.display(&d)).unwrap_or_else(|| "unknown-deriver".into()))?;
+            } else if args.hash {
+                line(&info.nar_hash.to_nix32_string())?;
+            } else {
+                line(&info.nar_size.to_string())?;
+            }
+        }
+    } else if args.roots {
+        return Err(CliError::Failed("query --roots needs the garbage collector, which this build does not have yet".into()));
+    }
+    drop(line);
+    out.flush().map_err(out_err)
+}

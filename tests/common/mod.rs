@@ -1,0 +1,187 @@
+//! Shared helpers for the end-to-end tests: a scratch directory per test, our binary,
+//! and real Nix 2.8 as an oracle.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_overlay-store");
+
+/// Whether real Nix is here. With `OVERLAY_STORE_REQUIRE_NIX=1` a missing Nix fails the
+/// test instead of skipping it, so CI cannot pass without having run the interop tests.
+pub fn have_nix() -> bool {
+    let ok = Command::new("nix-store").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        if std::env::var("OVERLAY_STORE_REQUIRE_NIX").as_deref() == Ok("1") {
+            panic!("real Nix (nix-store) is required (OVERLAY_STORE_REQUIRE_NIX=1) but was not found; install Debian's nix-bin");
+        }
+        eprintln!("skipping: nix-store not found (install nix-bin, or set OVERLAY_STORE_REQUIRE_NIX=1 to make this fatal)");
+    }
+    ok
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A scratch directory, removed at the end of the test (after making it writable again:
+/// store objects are read-only).
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::Builder::new().prefix("os-test-").tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("chmod").arg("-R").arg("u+w").arg(self.dir.path()).status();
+    }
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.out().lines().map(str::to_string).collect()
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed: stderr:\n{}\nstdout:\n{}", self.stderr, self.out());
+        self
+    }
+}
+
+fn finish(o: Output) -> Run {
+    Run { code: o.status.code().unwrap_or(-1), stdout: o.stdout, stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+}
+
+pub fn run_cmd(cmd: &mut Command, stdin: Option<&[u8]>) -> Run {
+    use std::io::Write;
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    if let Some(data) = stdin {
+        let mut si = child.stdin.take().unwrap();
+        si.write_all(data).expect("write stdin");
+    }
+    finish(child.wait_with_output().expect("wait"))
+}
+
+/// Our binary on a store given as URI or TOML file.
+pub fn ours(store: &str, args: &[&str]) -> Run {
+    ours_in(store, args, None)
+}
+
+pub fn ours_in(store: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut c = Command::new(BIN);
+    if store.ends_with(".toml") {
+        c.arg("--config").arg(store);
+    } else {
+        c.arg("--store").arg(store);
+    }
+    c.args(args);
+    c.env_remove("RUST_LOG");
+    run_cmd(&mut c, stdin)
+}
+
+/// `nix-store`/`nix`/`nix-build` with the environment that works here as root without a
+/// daemon; HOME points into the scratch dir so Nix's caches stay inside the test.
+pub fn nix(scratch: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let home = scratch.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let mut c = Command::new(program);
+    c.args(args)
+        .env("NIX_CONFIG", "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n")
+        .env("HOME", &home)
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env_remove("NIX_REMOTE");
+    run_cmd(&mut c, stdin)
+}
+
+pub fn nix_store(scratch: &Scratch, root: &Path, args: &[&str]) -> Run {
+    let mut a = vec!["--store", root.to_str().unwrap()];
+    a.extend_from_slice(args);
+    nix(scratch, "nix-store", &a, None)
+}
+
+/// The file fixtures of nix-formats.md: hello.txt, exe.sh, dir/ and more edge cases.
+pub fn make_fixtures(base: &Path) -> Vec<PathBuf> {
+    fs::create_dir_all(base).unwrap();
+    let hello = base.join("hello.txt");
+    fs::write(&hello, "hello\n").unwrap();
+    let exe = base.join("exe.sh");
+    fs::write(&exe, "hi\n").unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let empty = base.join("empty");
+    fs::write(&empty, "").unwrap();
+    let link = base.join("link");
+    std::os::unix::fs::symlink("/nix/store/foo", &link).unwrap();
+    let dir = base.join("dir");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("a.txt"), "hello\n").unwrap();
+    std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
+    fs::write(dir.join("sub/run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(dir.join("sub/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    let empty_dir = base.join("emptydir");
+    fs::create_dir_all(&empty_dir).unwrap();
+    let nested = base.join("nested");
+    fs::create_dir_all(nested.join("a/b/c/d")).unwrap();
+    fs::create_dir_all(nested.join("a/empty")).unwrap();
+    for (i, name) in ["B", "a-b", "a.b", "z", "é"].iter().enumerate() {
+        fs::write(nested.join(name), format!("{i}\n").repeat(1000 * i + 1)).unwrap();
+    }
+    fs::write(nested.join("a/b/c/d/deep"), vec![7u8; 100_000]).unwrap();
+    vec![hello, exe, empty, link, dir, empty_dir, nested]
+}
+
+/// The two-derivation expression of nix-formats.md §2.5 (references, a self-reference,
+/// a second output, derivers).
+pub fn write_default_nix(dir: &Path) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("hello.txt"), "hello\n").unwrap();
+    let expr = r#"let
+  dep = derivation {
+    name = "dep"; system = builtins.currentSystem; builder = "/busybox";
+    args = [ "sh" "-c" "/busybox mkdir $out && echo dep > $out/file" ];
+  };
+in derivation {
+  name = "top"; system = builtins.currentSystem; builder = "/busybox";
+  outputs = [ "out" "doc" ];
+  args = [ "sh" "-c" "/busybox mkdir $out $doc && echo ${dep} > $out/ref && echo ${./hello.txt} >> $out/ref && echo $out > $out/self && echo doc > $doc/readme" ];
+}
+"#;
+    let f = dir.join("default.nix");
+    fs::write(&f, expr).unwrap();
+    f
+}
+
+/// Builds default.nix into a chroot store with real Nix; returns the `top` output path.
+pub fn nix_build_default(scratch: &Scratch, root: &Path) -> String {
+    let f = write_default_nix(&scratch.join("expr"));
+    let r = nix(scratch, "nix-build", &["--store", root.to_str().unwrap(), f.to_str().unwrap(), "--no-out-link"], None);
+    assert_eq!(r.code, 0, "nix-build failed: {}", r.stderr);
+    r.lines().into_iter().find(|l| l.ends_with("-top")).expect("top output")
+}
