@@ -239,3 +239,33 @@ fn import_with_a_missing_reference_fails_cleanly() {
     assert!(r.stderr.contains(&format!("path '{a}' is not valid")), "{}", r.stderr);
     assert!(!dst.join("nix/store").join(Path::new(&other).file_name().unwrap()).exists());
 }
+
+/// Roots as Nix finds them: an indirect root from `nix-build --out-link`, a direct
+/// symlink in gcroots, a root through a path inside a store path, and a profile link.
+#[test]
+fn query_roots_agrees_with_nix() {
+    if !have_nix() {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.join("nix");
+    let f = write_default_nix(&s.join("expr"));
+    let link = s.join("result");
+    let r = nix(&s, "nix-build", &["--store", root.to_str().unwrap(), f.to_str().unwrap(), "--out-link", link.to_str().unwrap()], None).ok();
+    let top = r.lines().into_iter().find(|l| l.ends_with("-top")).unwrap();
+    let hello = "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt";
+    let gcroots = root.join("nix/var/nix/gcroots");
+    std::os::unix::fs::symlink(&top, gcroots.join("direct")).unwrap();
+    std::os::unix::fs::symlink(format!("{hello}/sub"), gcroots.join("subpath")).unwrap();
+    std::os::unix::fs::symlink("/nix/store/00000000000000000000000000000000-gone", gcroots.join("invalid")).unwrap();
+    for p in [hello, top.as_str()] {
+        // Nix keeps one target's links in a hash set: compare as sets.
+        let mut ours_roots = ours(&uri(&root), &["query", "--roots", p]).ok().lines();
+        let mut nix_roots = nix_store(&s, &root, &["-q", "--roots", p]).ok().lines();
+        ours_roots.sort();
+        nix_roots.sort();
+        assert_eq!(ours_roots, nix_roots, "roots of {p}");
+        assert!(!ours_roots.is_empty());
+    }
+    assert!(ours(&uri(&root), &["query", "--roots", hello]).ok().out().contains(&format!("{} -> {top}", gcroots.join("direct").display())));
+}

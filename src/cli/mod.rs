@@ -277,7 +277,7 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Query(args) => {
             let opened = Opened::open(&spec)?;
-            query::run(opened.store(), &args)
+            query::run(opened.store(), &args, &spec)
         }
         Command::PathFromHashPart { hash } => {
             let opened = Opened::open(&spec)?;

@@ -6,9 +6,11 @@ use std::io::Write;
 use clap::{ArgGroup, Args};
 
 use overlay_store::format::StorePath;
+use overlay_store::spec::StoreSpec;
+use overlay_store::store::local::roots::RootFinder;
 use overlay_store::store::{topo_sort, PathInfo, Store, StoreError};
 
-use super::{out_err, paths, stdout, CliError, CliResult};
+use super::{out_err, paths, stdout, CliResult};
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("op").required(true).multiple(false)))]
@@ -65,7 +67,33 @@ fn referrers_closure(store: &dyn Store, roots: &[StorePath]) -> CliResult<BTreeS
     Ok(seen)
 }
 
-pub fn run(store: &dyn Store, args: &QueryArgs) -> CliResult {
+/// The paths whose roots keep `roots` alive: the referrer closure, plus the outputs of
+/// `.drv`s in it (keep-derivations) and the derivers of paths in it (keep-outputs).
+fn referrers_closure_for_gc(store: &dyn Store, roots: &[StorePath], spec: &StoreSpec) -> CliResult<BTreeSet<StorePath>> {
+    let mut seen: BTreeSet<StorePath> = roots.iter().cloned().collect();
+    let mut queue: VecDeque<StorePath> = roots.iter().cloned().collect();
+    while let Some(p) = queue.pop_front() {
+        let mut next: Vec<StorePath> = store.referrers(&p)?.into_iter().collect();
+        if spec.gc.keep_outputs {
+            next.extend(store.valid_derivers(&p)?);
+        }
+        if spec.gc.keep_derivations && p.is_derivation() {
+            for o in store.derivation_outputs(&p)?.into_values() {
+                if store.is_valid(&o)? {
+                    next.push(o);
+                }
+            }
+        }
+        for r in next {
+            if seen.insert(r.clone()) {
+                queue.push_back(r);
+            }
+        }
+    }
+    Ok(seen)
+}
+
+pub fn run(store: &dyn Store, args: &QueryArgs, spec: &StoreSpec) -> CliResult {
     let sd = store.store_dir().clone();
     let paths: Vec<StorePath> = args.paths.iter().map(|a| paths::resolve(store, a)).collect::<CliResult<_>>()?;
     let mut out = stdout();
@@ -130,7 +158,20 @@ pub fn run(store: &dyn Store, args: &QueryArgs) -> CliResult {
             }
         }
     } else if args.roots {
-        return Err(CliError::Failed("query --roots needs the garbage collector, which this build does not have yet".into()));
+        for p in &paths {
+            info_of(store, p)?;
+        }
+        let keep = referrers_closure_for_gc(store, &paths, spec)?;
+        let mut notice = |m: &str| tracing::info!("{m}");
+        let is_valid = |p: &StorePath| store.is_valid(p).unwrap_or(false);
+        let roots = RootFinder { store_dir: &sd, state: &spec.state, is_valid: &is_valid, notice: &mut notice }.find_all(true)?;
+        for (target, links) in &roots {
+            if keep.contains(target) {
+                for l in links {
+                    line(&format!("{l} -> {}", sd.display(target)))?;
+                }
+            }
+        }
     }
     drop(line);
     out.flush().map_err(out_err)

@@ -16,6 +16,7 @@ pub mod canonicalise;
 pub mod db;
 pub mod ingest;
 pub mod lock;
+pub mod roots;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
