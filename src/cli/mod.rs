@@ -17,6 +17,7 @@ use overlay_store::spec::{SpecError, StoreKind, StoreSpec};
 use overlay_store::store::local::ingest::{self, IngestTarget};
 use overlay_store::store::local::verify::{hash_path, modified_message, Fix, Verifier};
 use overlay_store::store::local::{LocalConfig, LocalStore};
+use overlay_store::store::overlay::{self, MountError, MountPlan, OpenOptions, OverlayStore};
 use overlay_store::store::{Store, StoreError};
 
 #[derive(Parser, Debug)]
@@ -78,6 +79,14 @@ enum Command {
     },
     /// Print the Nix store URI equivalent to the configured store spec.
     Uri,
+    /// Exit 0 when the overlay is mounted as the spec says; else exit 1 and say how to fix it.
+    CheckMount,
+    /// Mount the overlay as the spec's [mount] table says (a no-op when already mounted).
+    Mount,
+    /// Unmount the overlay (a no-op when not mounted).
+    Umount,
+    /// Remount the overlay, so changes made directly in the upper layer show through.
+    Remount,
 }
 
 #[derive(Args, Debug)]
@@ -165,42 +174,50 @@ fn load_spec(cli: &Cli) -> CliResult<StoreSpec> {
     Ok(spec)
 }
 
-/// The local store a spec describes.
-pub fn local_config(spec: &StoreSpec) -> LocalConfig {
-    LocalConfig {
-        store_dir: overlay_store::format::StoreDir::new(&spec.store_dir.to_string_lossy()),
-        real: spec.real.clone(),
-        state: spec.state.clone(),
-        read_only: spec.read_only,
-        immutable: spec.immutable,
-    }
-}
-
 /// The store a command works on.
 pub enum Opened {
     Local(LocalStore),
+    Overlay(OverlayStore),
 }
 
 impl Opened {
     fn open(spec: &StoreSpec) -> CliResult<Opened> {
         match spec.kind {
-            StoreKind::Local => Ok(Opened::Local(LocalStore::open(local_config(spec))?)),
-            StoreKind::LocalOverlay => Err(CliError::Failed("the local overlay store is not implemented yet".into())),
-            StoreKind::Daemon => Err(CliError::Failed("a daemon store can only be used as a lower store".into())),
+            StoreKind::Local => Ok(Opened::Local(LocalStore::open(LocalConfig::from_spec(spec))?)),
+            StoreKind::LocalOverlay => Ok(Opened::Overlay(OverlayStore::open(spec, OpenOptions::default())?)),
+            StoreKind::Daemon => Err(CliError::Usage("a daemon store can only be used as a lower store".into())),
         }
     }
 
     fn store(&self) -> &dyn Store {
         match self {
             Opened::Local(s) => s,
+            Opened::Overlay(s) => s,
         }
     }
 
     fn ingest(&mut self) -> &mut dyn IngestTarget {
         match self {
             Opened::Local(s) => s,
+            Opened::Overlay(s) => s,
         }
     }
+
+    /// The store holding the database rows (for an overlay: the upper store, whose real
+    /// directory is the mount, so files are checked through it).
+    fn registry(&mut self) -> &mut LocalStore {
+        match self {
+            Opened::Local(s) => s,
+            Opened::Overlay(s) => s.upper_mut(),
+        }
+    }
+}
+
+fn overlay_plan(spec: &StoreSpec, command: &str) -> CliResult<MountPlan> {
+    if spec.kind != StoreKind::LocalOverlay {
+        return Err(CliError::Usage(format!("{command} applies to local-overlay stores; this spec is a {} store", spec.kind)));
+    }
+    Ok(overlay::mount_plan(spec)?)
 }
 
 fn stdout() -> BufWriter<io::StdoutLock<'static>> {
@@ -219,9 +236,44 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Init => {
-            let opened = Opened::open(&spec)?;
+            match spec.kind {
+                StoreKind::LocalOverlay => overlay::init(&spec)?,
+                _ => drop(Opened::open(&spec)?),
+            }
             tracing::info!("initialised store at '{}'", spec.real.display());
-            drop(opened);
+            Ok(())
+        }
+        Command::CheckMount => {
+            let plan = overlay_plan(&spec, "check-mount")?;
+            plan.check().map_err(StoreError::from)?;
+            tracing::info!("overlay filesystem '{}' is mounted correctly", spec.real.display());
+            Ok(())
+        }
+        Command::Mount => {
+            let plan = overlay_plan(&spec, "mount")?;
+            if spec.mount.is_none() {
+                return Err(StoreError::from(MountError::NotManaged(spec.real.clone())).into());
+            }
+            overlay::init(&spec)?;
+            if plan.mount().map_err(StoreError::from)? {
+                tracing::info!("mounted overlay on '{}'", spec.real.display());
+            } else {
+                tracing::info!("overlay on '{}' is already mounted", spec.real.display());
+            }
+            Ok(())
+        }
+        Command::Umount => {
+            let plan = overlay_plan(&spec, "umount")?;
+            if plan.umount().map_err(StoreError::from)? {
+                tracing::info!("unmounted '{}'", spec.real.display());
+            }
+            Ok(())
+        }
+        Command::Remount => {
+            let plan = overlay_plan(&spec, "remount")?;
+            plan.check().map_err(StoreError::from)?;
+            overlay::mount::remount(&plan.real).map_err(StoreError::from)?;
+            tracing::info!("remounted '{}'", spec.real.display());
             Ok(())
         }
         Command::Add { paths } => {
@@ -325,7 +377,7 @@ fn run(cli: Cli) -> CliResult {
 }
 
 fn verify(opened: &mut Opened, check_contents: bool) -> CliResult {
-    let Opened::Local(store) = opened;
+    let store = opened.registry();
     let infos = store.db().all_infos()?;
     let links = store.config().real.join(".links");
     let mut notice = |m: &str| tracing::info!("{m}");

@@ -64,7 +64,8 @@ pub fn path_info(store: &dyn Store, args: &PathInfoArgs) -> CliResult {
     let mut invalid = Vec::new();
     for a in &args.paths {
         let p = paths::resolve(store, a)?;
-        if store.is_valid(&p)? {
+        // Not `is_valid`: on an overlay that caches lower metadata upper; a read should not write.
+        if store.path_info(&p)?.is_some() {
             wanted.push(p);
         } else {
             invalid.push(p);

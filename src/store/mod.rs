@@ -4,6 +4,7 @@
 //! type adds its own mutating operations.
 
 pub mod local;
+pub mod overlay;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub enum StoreError {
     ContentAddress(#[from] ContentAddressError),
     #[error("derivation '{path}': {what}")]
     Derivation { path: String, what: String },
+    #[error("{0}")]
+    Mount(#[from] crate::store::overlay::MountError),
     #[error("{0}")]
     Other(String),
 }

@@ -185,3 +185,56 @@ pub fn nix_build_default(scratch: &Scratch, root: &Path) -> String {
     assert_eq!(r.code, 0, "nix-build failed: {}", r.stderr);
     r.lines().into_iter().find(|l| l.ends_with("-top")).expect("top output")
 }
+
+/// Runs `f` in a thread with its own private mount namespace, with a fresh tmpfs mounted
+/// on `dir`: every mount the test (or the processes it starts) makes disappears with the
+/// thread, even when it panics. Returns false (skipping) when not root.
+pub fn with_private_mounts(dir: &Path, f: impl FnOnce() + Send + 'static) -> bool {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    if !is_root() {
+        if std::env::var("OVERLAY_STORE_REQUIRE_ROOT").as_deref() == Ok("1") {
+            panic!("this test mounts OverlayFS and must run as root");
+        }
+        eprintln!("skipping: OverlayFS tests need root");
+        return false;
+    }
+    let dir = dir.to_path_buf();
+    let handle = std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).expect("make / private");
+        fs::create_dir_all(&dir).unwrap();
+        mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::empty(), Some("size=2g")).expect("mount tmpfs");
+        f();
+    });
+    if let Err(panic) = handle.join() {
+        std::panic::resume_unwind(panic);
+    }
+    true
+}
+
+/// Writes a file and returns its path as a string.
+pub fn write(path: &Path, text: &str) -> String {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).unwrap();
+    }
+    fs::write(path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) {
+    for d in [upper, work, merged] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let data = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    nix::mount::mount(Some("overlay"), merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(data.as_str())).expect("mount overlay");
+}
+
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}

@@ -325,13 +325,15 @@ impl Database {
     /// `registerValidPaths`: insert or update each row, then (re)write each path's
     /// references; every reference must be valid already or be in the batch, and the
     /// batch must not form a cycle.
-    pub fn register(&mut self, batch: &[Registration]) -> Result<()> {
+    pub fn register(&self, batch: &[Registration]) -> Result<()> {
         let path = self.path.clone();
         let store_dir = self.store_dir.clone();
         let err = |source| StoreError::Db { path: path.clone(), source };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         crate::store::topo_sort(batch.iter().map(|r| r.info.clone()).collect())?;
-        let tx = self.conn.transaction().map_err(err)?;
+        // `&self`: a validity query may copy lower metadata up; the connection is not
+        // shared across threads, so no other transaction can be open on it.
+        let tx = self.conn.unchecked_transaction().map_err(err)?;
         let mut ids: HashMap<&StorePath, i64> = HashMap::new();
         {
             let mut find = tx.prepare_cached("select id from ValidPaths where path = ?").map_err(err)?;

@@ -49,9 +49,24 @@ pub struct LocalConfig {
     pub read_only: bool,
     /// The database never changes: SQLite immutable mode (implies read-only).
     pub immutable: bool,
+    /// Create `<real>/.links` as Nix does. Off while an overlay's mount point is not
+    /// mounted: a directory made there would be hidden by the mount.
+    pub create_links_dir: bool,
 }
 
 impl LocalConfig {
+    /// The local store a spec describes (its `real` and `state`, whatever its type).
+    pub fn from_spec(spec: &crate::spec::StoreSpec) -> LocalConfig {
+        LocalConfig {
+            store_dir: StoreDir::new(&spec.store_dir.to_string_lossy()),
+            real: spec.real.clone(),
+            state: spec.state.clone(),
+            read_only: spec.read_only,
+            immutable: spec.immutable,
+            create_links_dir: true,
+        }
+    }
+
     pub fn db_dir(&self) -> PathBuf {
         self.state.join("db")
     }
@@ -71,14 +86,16 @@ pub struct LocalStore {
 /// its first open. Idempotent.
 pub fn create_layout(config: &LocalConfig) -> Result<()> {
     let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "root".into());
-    let dirs = [
+    let mut dirs = vec![
         config.real.clone(),
-        config.real.join(".links"),
         config.db_dir(),
         config.state.join("gcroots").join("per-user").join(&user),
         config.state.join("profiles").join("per-user").join(&user),
         config.state.join("temproots"),
     ];
+    if config.create_links_dir {
+        dirs.push(config.real.join(".links"));
+    }
     for d in &dirs {
         fs::create_dir_all(d).map_err(io_err(d))?;
     }
@@ -193,7 +210,7 @@ impl LocalStore {
     }
 
     /// Registers new paths whose files are already in place, in one transaction.
-    pub fn register(&mut self, batch: &[Registration]) -> Result<()> {
+    pub fn register(&self, batch: &[Registration]) -> Result<()> {
         self.check_writable()?;
         self.db.register(batch)
     }

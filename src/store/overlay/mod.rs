@@ -1,0 +1,281 @@
+//! The local overlay store: a local store whose store directory is an OverlayFS mount of
+//! a read-only lower store and a writable upper layer, plus a lower store it reads
+//! through. Each operation differs from the local store in one way:
+//!
+//! - path info, validity, hash parts: the upper database first, then the lower store;
+//! - referrers and valid derivers: the union of both;
+//! - registering: copy up the lower metadata of every referenced lower path and its
+//!   closure first, in the same transaction, so the upper database is closure-complete
+//!   at every commit (stock Nix opened on it as a plain local store finds nothing missing);
+//! - a validity query of a lower path caches its closure upper, as Nix does.
+//!
+//! The lower store is never written: its database is opened read-only and read live.
+
+pub mod copy_up;
+pub mod mount;
+pub mod mountinfo;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::format::{StoreDir, StorePath};
+use crate::spec::{StoreKind, StoreSpec};
+use crate::store::local::ingest::IngestTarget;
+use crate::store::local::{LocalConfig, LocalStore, Registration};
+use crate::store::{io_err, PathInfo, Result, Store, StoreError};
+
+pub use mount::{MountError, MountPlan, MountState};
+
+/// Why lower metadata is being copied into the upper database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyUpReason {
+    /// A path being registered refers to it: always copied.
+    Reference,
+    /// A validity query found it in the lower store: Nix caches it; a policy may decline.
+    Query,
+}
+
+impl CopyUpReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyUpReason::Reference => "reference",
+            CopyUpReason::Query => "query",
+        }
+    }
+}
+
+/// Engine decisions a policy may customise; the default is Nix's behaviour.
+pub trait OverlayPolicy {
+    /// Whether to cache the closure of a lower path found by a validity query.
+    fn copy_up_on_query(&self, _info: &PathInfo) -> bool {
+        true
+    }
+}
+
+/// Nix's behaviour.
+pub struct NixPolicy;
+impl OverlayPolicy for NixPolicy {}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Check the mount (when the spec asks for it).
+    pub check_mount: bool,
+    /// Open without writing anything (used for an overlay that is another's lower store).
+    pub read_only: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { check_mount: true, read_only: false }
+    }
+}
+
+pub struct OverlayStore {
+    upper: LocalStore,
+    lower: Box<dyn Store>,
+    plan: MountPlan,
+    upper_layer: PathBuf,
+    read_only: bool,
+    policy: Box<dyn OverlayPolicy>,
+}
+
+/// Opens the store a `lower-store` spec describes, never for writing.
+pub fn open_lower(spec: &StoreSpec) -> Result<Box<dyn Store>> {
+    match spec.kind {
+        StoreKind::Local => {
+            let mut config = LocalConfig::from_spec(spec);
+            config.read_only = true;
+            Ok(Box::new(LocalStore::open(config)?))
+        }
+        StoreKind::LocalOverlay => Ok(Box::new(OverlayStore::open(spec, OpenOptions { check_mount: true, read_only: true })?)),
+        StoreKind::Daemon => Err(StoreError::Other("a daemon lower store is not supported yet".into())),
+    }
+}
+
+fn lower_spec(spec: &StoreSpec) -> Result<&StoreSpec> {
+    spec.lower_store.as_deref().ok_or_else(|| StoreError::Other("a local overlay store needs a lower-store".into()))
+}
+
+fn upper_layer(spec: &StoreSpec) -> Result<PathBuf> {
+    spec.upper_layer.clone().ok_or_else(|| StoreError::Other("a local overlay store needs upper-layer".into()))
+}
+
+/// The mount an overlay spec describes.
+pub fn mount_plan(spec: &StoreSpec) -> Result<MountPlan> {
+    Ok(MountPlan {
+        real: spec.real.clone(),
+        lowerdir: lower_spec(spec)?.real.clone(),
+        upperdir: upper_layer(spec)?,
+        workdir: spec.mount.as_ref().map(|m| m.workdir.clone()),
+        options: spec.mount.as_ref().map(|m| m.options.clone()).unwrap_or_default(),
+    })
+}
+
+/// Creates what the mount needs (upper layer, workdir, mount point) and the upper
+/// store's state and database. Needs no mount; idempotent.
+pub fn init(spec: &StoreSpec) -> Result<()> {
+    let plan = mount_plan(spec)?;
+    for d in [Some(&plan.upperdir), plan.workdir.as_ref(), Some(&plan.real)].into_iter().flatten() {
+        fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    let mut config = LocalConfig::from_spec(spec);
+    config.create_links_dir = plan.state().map(|s| s == MountState::Correct).unwrap_or(false);
+    LocalStore::open(config)?;
+    Ok(())
+}
+
+impl OverlayStore {
+    pub fn open(spec: &StoreSpec, opts: OpenOptions) -> Result<OverlayStore> {
+        let plan = mount_plan(spec)?;
+        let lower = open_lower(lower_spec(spec)?)?;
+        if opts.check_mount && spec.check_mount {
+            plan.check()?;
+        }
+        let mounted = plan.state().map(|s| s == MountState::Correct).unwrap_or(false);
+        let read_only = opts.read_only || spec.read_only;
+        let mut config = LocalConfig::from_spec(spec);
+        config.read_only = read_only;
+        config.create_links_dir = mounted;
+        let upper = LocalStore::open(config)?;
+        Ok(OverlayStore { upper, lower, plan, upper_layer: upper_layer(spec)?, read_only, policy: Box::new(NixPolicy) })
+    }
+
+    pub fn set_policy(&mut self, policy: Box<dyn OverlayPolicy>) {
+        self.policy = policy;
+    }
+
+    pub fn upper(&self) -> &LocalStore {
+        &self.upper
+    }
+
+    pub fn upper_mut(&mut self) -> &mut LocalStore {
+        &mut self.upper
+    }
+
+    pub fn lower(&self) -> &dyn Store {
+        self.lower.as_ref()
+    }
+
+    pub fn plan(&self) -> &MountPlan {
+        &self.plan
+    }
+
+    pub fn upper_layer(&self) -> &Path {
+        &self.upper_layer
+    }
+
+    /// Where a path's files are in the upper layer itself (not through the mount).
+    pub fn upper_layer_path(&self, path: &StorePath) -> PathBuf {
+        self.upper_layer.join(path.basename())
+    }
+
+    /// Copies the lower metadata of `paths` and their closures into the upper database
+    /// (what is not there yet), in one transaction. Returns how many rows were copied.
+    pub fn copy_up(&self, paths: &[StorePath]) -> Result<usize> {
+        if self.read_only {
+            return Ok(0);
+        }
+        let regs = copy_up::lower_closure_registrations(&self.upper, self.lower.as_ref(), paths.iter().cloned())?;
+        let n = regs.len();
+        if n > 0 {
+            self.upper.register(&regs)?;
+            tracing::debug!("copied up the metadata of {n} lower paths");
+        }
+        Ok(n)
+    }
+}
+
+impl Store for OverlayStore {
+    fn store_dir(&self) -> &StoreDir {
+        self.upper.store_dir()
+    }
+
+    fn real_path(&self, path: &StorePath) -> PathBuf {
+        self.upper.real_path(path)
+    }
+
+    fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
+        match self.upper.path_info(path)? {
+            Some(i) => Ok(Some(i)),
+            None => self.lower.path_info(path),
+        }
+    }
+
+    fn is_valid(&self, path: &StorePath) -> Result<bool> {
+        if self.upper.is_valid(path)? {
+            return Ok(true);
+        }
+        let Some(info) = self.lower.path_info(path)? else {
+            return Ok(false);
+        };
+        if !self.read_only && self.policy.copy_up_on_query(&info) {
+            self.copy_up(std::slice::from_ref(path))?;
+        }
+        Ok(true)
+    }
+
+    fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
+        let mut all = self.upper.referrers(path)?;
+        all.extend(self.lower.referrers(path)?);
+        Ok(all)
+    }
+
+    fn valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
+        let mut all = self.upper.valid_derivers(path)?;
+        all.extend(self.lower.valid_derivers(path)?);
+        Ok(all)
+    }
+
+    fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>> {
+        if self.upper.db().is_valid(drv)? {
+            self.upper.derivation_outputs(drv)
+        } else {
+            self.lower.derivation_outputs(drv)
+        }
+    }
+
+    fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>> {
+        match self.upper.path_from_hash_part(hash_part)? {
+            Some(p) => Ok(Some(p)),
+            None => self.lower.path_from_hash_part(hash_part),
+        }
+    }
+
+    fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>> {
+        // The upper database is closure-complete: a path found there brings its whole
+        // closure; the rest comes from the lower store.
+        let (mut infos, missing) = self.upper.db().closure(roots)?;
+        if !missing.is_empty() {
+            let have: BTreeSet<StorePath> = infos.iter().map(|i| i.path.clone()).collect();
+            infos.extend(self.lower.closure(&missing)?.into_iter().filter(|i| !have.contains(&i.path)));
+        }
+        Ok(infos)
+    }
+
+    fn all_paths(&self) -> Result<Vec<StorePath>> {
+        self.upper.all_paths()
+    }
+}
+
+impl IngestTarget for OverlayStore {
+    fn local(&self) -> &LocalStore {
+        &self.upper
+    }
+
+    fn is_present(&mut self, path: &StorePath) -> Result<bool> {
+        self.is_valid(path)
+    }
+
+    fn register(&mut self, batch: Vec<Registration>) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(self.plan.real.display().to_string()));
+        }
+        let in_batch: BTreeSet<&StorePath> = batch.iter().map(|r| &r.info.path).collect();
+        let wanted: BTreeSet<StorePath> =
+            batch.iter().flat_map(|r| r.info.references.iter()).filter(|r| !in_batch.contains(r)).cloned().collect();
+        let mut all = copy_up::lower_closure_registrations(&self.upper, self.lower.as_ref(), wanted)?;
+        all.extend(batch);
+        self.upper.register(&all)
+    }
+}
