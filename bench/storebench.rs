@@ -1,0 +1,541 @@
+//! `cargo bench --bench storebench`: generates realistic stores with our own library,
+//! times `overlay-store` and Nix on the same stores, side by side in one run, as whole
+//! processes (median of several runs), and writes `BENCHMARKS.md`.
+//!
+//! Environment:
+//!
+//! - `STOREBENCH_QUICK=1`: small sizes and few runs, a smoke test of a minute or two;
+//!   the report goes to `<target>/release/storebench-quick.md`, not `BENCHMARKS.md`.
+//! - `STOREBENCH_DIR=DIR`: where scratch stores go (default: the system temp dir).
+//! - `STOREBENCH_KEEP=1`: leave the scratch stores behind.
+//! - `STOREBENCH_OUT=FILE`: where the report goes.
+//! - `STOREBENCH_BIN=FILE`: the `overlay-store` binary to time (default: the one cargo
+//!   built for this bench, in the bench profile, which is the release profile).
+//! - `STOREBENCH_NO_NIX=1`: time ours only, as if Nix were not installed.
+//!
+//! Nix runs as `nix-store --store local?root=ROOT …` (and `nix path-info` for the JSON
+//! comparison) with `build-users-group` empty, `nix-command` enabled and `HOME` in the
+//! scratch directory. When Nix is missing, its columns say "n/a".
+
+mod gen;
+mod report;
+mod run;
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use overlay_store::store::local::canonicalise::remove_tree;
+use overlay_store::store::local::LocalStore;
+use overlay_store::store::Store;
+
+use gen::{GraphShape, Generated};
+use report::{Bench, Flat, Report, Target};
+use run::{interleaved, Invocation, Side};
+
+/// Everything that differs between a full and a quick run.
+struct Plan {
+    quick: bool,
+    small: GraphShape,
+    big: GraphShape,
+    verify_paths: usize,
+    verify_bytes: u64,
+    tree_files: usize,
+    tree_bytes: u64,
+    big_file: u64,
+    query_runs: usize,
+    startup_runs: usize,
+    io_runs: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        const MIB: u64 = 1 << 20;
+        let shape = |total: usize| {
+            let (base, system, chain, libmid) = if quick { (300, 1_500, 200, 100) } else { (1_500, 8_000, 1_000, 200) };
+            GraphShape {
+                total,
+                base,
+                system,
+                system_chain: chain,
+                rest_chain: (total / 100).max(50),
+                libmid_referrers: libmid,
+                seed: 0x5702_EBE7,
+            }
+        };
+        if quick {
+            Plan {
+                quick,
+                small: shape(2_000),
+                big: shape(20_000),
+                verify_paths: 300,
+                verify_bytes: 128 * MIB,
+                tree_files: 500,
+                tree_bytes: 10 * MIB,
+                big_file: 128 * MIB,
+                query_runs: 5,
+                startup_runs: 11,
+                io_runs: 3,
+            }
+        } else {
+            Plan {
+                quick,
+                small: shape(10_000),
+                big: shape(100_000),
+                verify_paths: 1_500,
+                verify_bytes: 1024 * MIB,
+                tree_files: 5_000,
+                tree_bytes: 100 * MIB,
+                big_file: 1024 * MIB,
+                query_runs: 9,
+                startup_runs: 31,
+                io_runs: 5,
+            }
+        }
+    }
+}
+
+/// The scratch directory; removed (store modes and all) when dropped unless kept.
+struct Scratch {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("storebench: keeping {}", self.dir.display());
+        } else if let Err(e) = remove_tree(&self.dir) {
+            eprintln!("storebench: could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Nix's programs and the environment they run in.
+struct Nix {
+    nix_store: PathBuf,
+    nix: PathBuf,
+    version: String,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Nix {
+    fn detect(home: &Path) -> Option<Nix> {
+        if std::env::var_os("STOREBENCH_NO_NIX").is_some_and(|v| !v.is_empty() && v != "0") {
+            return None;
+        }
+        let find = |name: &str| std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file());
+        let nix_store = find("nix-store")?;
+        let nix = find("nix")?;
+        let version = std::process::Command::new(&nix_store).arg("--version").output().ok()?;
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+        let env = vec![
+            ("NIX_CONFIG".into(), "build-users-group = \nexperimental-features = nix-command".into()),
+            ("HOME".into(), home.into()),
+            ("XDG_CACHE_HOME".into(), home.join(".cache").into()),
+            ("NIX_REMOTE".into(), "".into()),
+        ];
+        Some(Nix { nix_store, nix, version, env })
+    }
+
+    fn with_env(&self, mut inv: Invocation) -> Invocation {
+        inv.env.extend(self.env.iter().cloned());
+        inv
+    }
+
+    /// `nix-store --store local?root=ROOT ARGS…`
+    fn store_cmd(&self, root: &Path, args: &[&str]) -> Invocation {
+        self.with_env(Invocation::new(&self.nix_store).arg("--store").arg(uri(root)).args(args.iter().copied()))
+    }
+
+    /// `nix SUBCOMMAND --store local?root=ROOT ARGS…`
+    fn nix_cmd(&self, sub: &str, root: &Path, args: &[&str]) -> Invocation {
+        self.with_env(Invocation::new(&self.nix).arg(sub).arg("--store").arg(uri(root)).args(args.iter().copied()))
+    }
+}
+
+fn uri(root: &Path) -> String {
+    format!("local?root={}", root.display())
+}
+
+/// `overlay-store --store local?root=ROOT ARGS…`
+fn ours_cmd(bin: &Path, root: &Path, args: &[&str]) -> Invocation {
+    Invocation::new(bin).arg("--store").arg(uri(root)).args(args.iter().copied())
+}
+
+fn log(start: Instant, msg: &str) {
+    eprintln!("[{:7.1}s] {msg}", start.elapsed().as_secs_f64());
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// What a query must print, to check both programs answer the same before timing them.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// This many lines, and the same set of lines from both.
+    Lines(usize),
+    /// JSON with this many path entries (ours: an object keyed by path; Nix 2.8: an array).
+    JsonPaths(usize),
+    /// Both print the same text.
+    Same,
+}
+
+/// One untimed run of each side, checking their answers; problems become notes.
+fn check_outputs(ours: &Invocation, nix: Option<&Invocation>, expect: Expect) -> Vec<String> {
+    let mut notes = Vec::new();
+    let o = match ours.output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
+        Err(e) => return vec![format!("ours failed: {e}")],
+    };
+    let n = match nix.map(Invocation::output) {
+        None => None,
+        Some(Ok(o)) => Some(String::from_utf8_lossy(&o.stdout).to_string()),
+        Some(Err(e)) => {
+            notes.push(format!("Nix failed: {e}"));
+            None
+        }
+    };
+    match expect {
+        Expect::Lines(want) => {
+            let mut ol: Vec<&str> = o.lines().collect();
+            if ol.len() != want {
+                notes.push(format!("MISMATCH: ours printed {} lines, expected {want}", ol.len()));
+            }
+            if let Some(n) = &n {
+                let mut nl: Vec<&str> = n.lines().collect();
+                ol.sort_unstable();
+                nl.sort_unstable();
+                if ol != nl {
+                    notes.push(format!("MISMATCH: ours printed {} lines, Nix {}; the sets differ", ol.len(), nl.len()));
+                }
+            }
+        }
+        Expect::JsonPaths(want) => {
+            let count = |s: &str| -> Option<usize> {
+                let v: serde_json::Value = serde_json::from_str(s).ok()?;
+                v.as_object().map(|m| m.len()).or_else(|| v.as_array().map(|a| a.len()))
+            };
+            if count(&o) != Some(want) {
+                notes.push(format!("MISMATCH: ours printed {:?} JSON entries, expected {want}", count(&o)));
+            }
+            if let Some(n) = &n {
+                if count(n) != Some(want) {
+                    notes.push(format!("MISMATCH: Nix printed {:?} JSON entries, expected {want}", count(n)));
+                }
+            }
+        }
+        Expect::Same => {
+            if let Some(n) = &n {
+                if n.trim() != o.trim() {
+                    notes.push(format!("MISMATCH: ours printed {:?}, Nix {:?}", o.trim(), n.trim()));
+                }
+            }
+        }
+    }
+    notes
+}
+
+struct Ctx {
+    start: Instant,
+    bin: PathBuf,
+    nix: Option<Nix>,
+}
+
+impl Ctx {
+    /// Checks, then times a query-like command pair (no state to reset).
+    #[allow(clippy::too_many_arguments)]
+    fn query(&self, id: &str, title: &str, store: &str, ours: Invocation, nix: Option<Invocation>, expect: Expect, runs: usize, target: Target) -> Bench {
+        log(self.start, &format!("{title} [{store}]"));
+        let notes = check_outputs(&ours, nix.as_ref(), expect);
+        let (o, n) = interleaved(&ours, nix.as_ref(), runs, &mut |_| Ok(()));
+        Bench {
+            id: id.into(),
+            title: title.into(),
+            store: store.into(),
+            ours_cmd: ours.display(),
+            nix_cmd: nix.as_ref().map(Invocation::display),
+            ours: o,
+            nix: n,
+            target,
+            notes,
+        }
+    }
+}
+
+/// Drops a path added by a previous run (row and files) so the next `add` must write it
+/// again, and flushes dirty pages so one run's write-back does not slow the next. Fails
+/// unless the path was valid: every timed run must really have added it.
+fn reset_added(root: &Path, path: &str) -> Result<(), String> {
+    let mut store = LocalStore::open(gen::local_config(root)).map_err(|e| e.to_string())?;
+    let sp = store.store_dir().parse_path(path).map_err(|e| e.to_string())?;
+    if !store.db().is_valid(&sp).map_err(|e| e.to_string())? {
+        return Err(format!("'{path}' was not added to {}", root.display()));
+    }
+    store.db_mut().delete_paths(std::slice::from_ref(&sp)).map_err(|e| e.to_string())?;
+    let real = store.real_path(&sp);
+    drop(store);
+    remove_tree(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
+/// `add SRC` by both programs, each into its own store, `runs` times.
+fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Path, runs: usize, target: Target) -> Bench {
+    log(ctx.start, title);
+    let ours_root = scratch.join(format!("{id}-ours"));
+    let nix_root = scratch.join(format!("{id}-nix"));
+    let src_s = src.to_string_lossy().to_string();
+    let ours = ours_cmd(&ctx.bin, &ours_root, &["add", &src_s]);
+    let nix = ctx.nix.as_ref().map(|n| n.store_cmd(&nix_root, &["--add", &src_s]));
+    let mut notes = Vec::new();
+    // The first (untimed) add of each creates its store and tells the path to expect.
+    let first = |inv: &Invocation| inv.output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let ours_path = match first(&ours) {
+        Ok(p) => p,
+        Err(e) => {
+            notes.push(format!("ours failed: {e}"));
+            String::new()
+        }
+    };
+    let nix_path = nix.as_ref().map(first);
+    match &nix_path {
+        Some(Ok(p)) if p != &ours_path => notes.push(format!("MISMATCH: ours added '{ours_path}', Nix '{p}'")),
+        Some(Err(e)) => notes.push(format!("Nix failed: {e}")),
+        _ => {}
+    }
+    let nix_expected = match &nix_path {
+        Some(Ok(p)) => p.clone(),
+        _ => String::new(),
+    };
+    let (o, n) = interleaved(&ours, nix.as_ref(), runs, &mut |side| match side {
+        Side::Ours => reset_added(&ours_root, &ours_path),
+        Side::Nix => reset_added(&nix_root, &nix_expected),
+    });
+    // The filesystem floor: the same tree copied with cp, same number of runs.
+    let floor_dst = scratch.join(format!("{id}-floor"));
+    let cp = Invocation::new("cp").args(["-a".into(), src.as_os_str().to_owned(), floor_dst.clone().into_os_string()]);
+    let (floor, _) = interleaved(&cp, None, runs, &mut |_| {
+        remove_tree(&floor_dst).map_err(|e| e.to_string())?;
+        unsafe { libc::sync() };
+        Ok(())
+    });
+    let _ = remove_tree(&floor_dst);
+    match floor {
+        Ok(f) => notes.push(format!("filesystem floor, `cp -a` of the same source: median {}", report::dur(f.median()))),
+        Err(e) => notes.push(format!("cp floor failed: {e}")),
+    }
+    for root in [&ours_root, &nix_root] {
+        let _ = remove_tree(root);
+    }
+    Bench {
+        id: id.into(),
+        title: title.into(),
+        store: "fresh store per program".into(),
+        ours_cmd: ours.display(),
+        nix_cmd: nix.as_ref().map(Invocation::display),
+        ours: o,
+        nix: n,
+        target,
+        notes,
+    }
+}
+
+/// The query benchmarks on one graph store; `main_targets` says whether the issue's
+/// targets apply (they are stated for the 100k store).
+fn graph_benches(ctx: &Ctx, g: &Generated, label: &str, plan: &Plan, main_targets: bool) -> Vec<Bench> {
+    let a = g.anchors.as_ref().expect("graph store");
+    let root = &g.root;
+    let nix = ctx.nix.as_ref();
+    let t = |x: Target| if main_targets { x } else { Target::Info };
+    vec![
+        ctx.query(
+            "requisites",
+            &format!("query --requisites of the system ({} paths)", a.system_closure),
+            label,
+            ours_cmd(&ctx.bin, root, &["query", "--requisites", &a.system]),
+            nix.map(|n| n.store_cmd(root, &["--query", "--requisites", &a.system])),
+            Expect::Lines(a.system_closure),
+            plan.query_runs,
+            Target::Ratio(5.0),
+        ),
+        ctx.query(
+            "referrers",
+            &format!("query --referrers of core ({} referrers)", a.core_referrers),
+            label,
+            ours_cmd(&ctx.bin, root, &["query", "--referrers", &a.core]),
+            nix.map(|n| n.store_cmd(root, &["--query", "--referrers", &a.core])),
+            Expect::Lines(a.core_referrers),
+            plan.query_runs,
+            t(Target::Ratio(10.0)),
+        ),
+        ctx.query(
+            "referrers-mid",
+            &format!("query --referrers of libmid ({} referrers)", a.libmid_referrers),
+            label,
+            ours_cmd(&ctx.bin, root, &["query", "--referrers", &a.libmid]),
+            nix.map(|n| n.store_cmd(root, &["--query", "--referrers", &a.libmid])),
+            Expect::Lines(a.libmid_referrers),
+            plan.query_runs,
+            Target::Info,
+        ),
+        ctx.query(
+            "path-info-json",
+            &format!("path-info --json -r of the system ({} paths)", a.system_closure),
+            label,
+            ours_cmd(&ctx.bin, root, &["path-info", "--json", "-r", &a.system]),
+            nix.map(|n| n.nix_cmd("path-info", root, &["--json", "-r", &a.system])),
+            Expect::JsonPaths(a.system_closure),
+            plan.query_runs,
+            Target::Ratio(4.0),
+        ),
+        ctx.query(
+            "startup",
+            "start-up + one indexed query: path-info P",
+            label,
+            ours_cmd(&ctx.bin, root, &["path-info", &a.probe]),
+            nix.map(|n| n.nix_cmd("path-info", root, &[&a.probe])),
+            Expect::Same,
+            plan.startup_runs,
+            Target::Under(Duration::from_millis(3)),
+        ),
+        ctx.query(
+            "startup-hash",
+            "start-up + one indexed query: query --hash P",
+            label,
+            ours_cmd(&ctx.bin, root, &["query", "--hash", &a.probe]),
+            nix.map(|n| n.store_cmd(root, &["--query", "--hash", &a.probe])),
+            Expect::Same,
+            plan.startup_runs,
+            Target::Under(Duration::from_millis(3)),
+        ),
+    ]
+}
+
+/// Where the bench executable's profile directory is (`<target>/release`).
+fn profile_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.to_path_buf())
+}
+
+fn main() {
+    let start = Instant::now();
+    let quick = env_flag("STOREBENCH_QUICK") || std::env::args().any(|a| a == "--quick");
+    let plan = Plan::new(quick);
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = std::env::var_os("STOREBENCH_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_overlay-store")));
+    assert!(bin.is_file(), "no overlay-store binary at {}", bin.display());
+    let out_path = match std::env::var_os("STOREBENCH_OUT") {
+        Some(p) => PathBuf::from(p),
+        None if quick => profile_dir().unwrap_or_else(std::env::temp_dir).join("storebench-quick.md"),
+        None => manifest.join("BENCHMARKS.md"),
+    };
+    let base = std::env::var_os("STOREBENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let scratch = Scratch { dir: base.join(format!("storebench-{}", std::process::id())), keep: env_flag("STOREBENCH_KEEP") };
+    fs::create_dir_all(scratch.dir.join("home")).expect("create scratch dir");
+    let nix = Nix::detect(&scratch.dir.join("home"));
+    log(start, &format!("{} run; scratch {}; ours {}; Nix: {}", if quick { "quick" } else { "full" }, scratch.dir.display(), bin.display(), nix.as_ref().map_or("not found", |n| n.version.as_str())));
+    let mut report = Report::new(quick, nix.as_ref().map(|n| n.version.clone()), &scratch.dir, &manifest);
+    let ctx = Ctx { start, bin, nix };
+
+    // Generation.
+    log(start, &format!("generating the {}-path store", plan.small.total));
+    let small = gen::graph_store(&scratch.dir.join("small"), &plan.small).expect("generate small store");
+    log(start, &format!("  done in {}", report::dur(small.total_time())));
+    log(start, &format!("generating the {}-path store", plan.big.total));
+    let big = gen::graph_store(&scratch.dir.join("big"), &plan.big).expect("generate big store");
+    log(start, &format!("  done in {}", report::dur(big.total_time())));
+    let small_label = format!("{}k store", plan.small.total / 1000);
+    let big_label = format!("{}k store", plan.big.total / 1000);
+    report.generated.push((small_label.clone(), small.clone()));
+    report.generated.push((big_label.clone(), big.clone()));
+
+    // Queries, on both stores.
+    let big_benches = graph_benches(&ctx, &big, &big_label, &plan, true);
+    let small_benches = graph_benches(&ctx, &small, &small_label, &plan, false);
+    for (b, s) in big_benches.iter().zip(&small_benches) {
+        report.flat.push(Flat::new(b, s, &small_label, &big_label));
+    }
+    report.benches.extend(big_benches);
+    report.benches.extend(small_benches);
+    let _ = remove_tree(&small.root);
+    let _ = remove_tree(&big.root);
+
+    // Contents checking.
+    log(start, &format!("generating the {} MiB contents-checking store", plan.verify_bytes >> 20));
+    let vstore = gen::blob_store(&scratch.dir.join("verify"), plan.verify_paths, plan.verify_bytes, 0xB10B).expect("generate verify store");
+    log(start, &format!("  done in {}", report::dur(vstore.total_time())));
+    let verify_label = format!("{} MiB store", plan.verify_bytes >> 20);
+    report.generated.push((format!("{verify_label} ({} paths)", vstore.paths), vstore.clone()));
+    report.benches.push(ctx.query(
+        "verify",
+        &format!("verify --check-contents ({} paths, {} MiB of NAR)", vstore.paths, vstore.nar_bytes >> 20),
+        &verify_label,
+        ours_cmd(&ctx.bin, &vstore.root, &["verify", "--check-contents"]),
+        ctx.nix.as_ref().map(|n| n.store_cmd(&vstore.root, &["--verify", "--check-contents"])),
+        Expect::Same,
+        plan.io_runs,
+        Target::Ratio(1.5),
+    ));
+    let _ = remove_tree(&vstore.root);
+
+    // Adding.
+    let t = Instant::now();
+    let tree = scratch.dir.join("src").join("tree");
+    gen::source_tree(&tree, plan.tree_files, plan.tree_bytes, 0x7EE).expect("generate source tree");
+    let big_file = scratch.dir.join("src").join("big.bin");
+    {
+        let mut f = fs::File::create(&big_file).expect("create big file");
+        gen::write_random(&mut f, plan.big_file, 0xB16).expect("write big file");
+    }
+    report.sources_time = t.elapsed();
+    log(start, &format!("add sources written in {}", report::dur(report.sources_time)));
+    report.benches.push(add_bench(
+        &ctx,
+        "add-tree",
+        &format!("add a {} MiB tree of {} files", plan.tree_bytes >> 20, plan.tree_files),
+        &tree,
+        &scratch.dir,
+        plan.io_runs,
+        Target::Ratio(1.0),
+    ));
+    report.benches.push(add_bench(
+        &ctx,
+        "add-file",
+        &format!("add one {} MiB file", plan.big_file >> 20),
+        &big_file,
+        &scratch.dir,
+        plan.io_runs,
+        Target::Ratio(1.3),
+    ));
+
+    report.total_time = start.elapsed();
+    let text = report.render(&plan_summary(&plan));
+    fs::write(&out_path, &text).expect("write report");
+    println!("{text}");
+    log(start, &format!("report written to {}", out_path.display()));
+    drop(scratch);
+}
+
+fn plan_summary(plan: &Plan) -> String {
+    format!(
+        "{} mode: graph stores of {} and {} paths (base {}, system {}, system chain {}); contents store {} paths / {} MiB; add tree {} files / {} MiB; add file {} MiB; runs per command: queries {}, start-up {}, add/verify {}",
+        if plan.quick { "quick" } else { "full" },
+        plan.small.total,
+        plan.big.total,
+        plan.small.base,
+        plan.small.system,
+        plan.small.system_chain,
+        plan.verify_paths,
+        plan.verify_bytes >> 20,
+        plan.tree_files,
+        plan.tree_bytes >> 20,
+        plan.big_file >> 20,
+        plan.query_runs,
+        plan.startup_runs,
+        plan.io_runs
+    )
+}

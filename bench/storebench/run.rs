@@ -1,0 +1,180 @@
+//! Timing whole processes: wall time from spawn to exit, stdout to /dev/null (or
+//! captured for the untimed checking run), median of several runs.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A command line to run, with its environment additions.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl Invocation {
+    pub fn new(program: impl Into<PathBuf>) -> Invocation {
+        Invocation { program: program.into(), args: Vec::new(), env: Vec::new() }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Invocation {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, it: I) -> Invocation {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Invocation {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// The command as a shell would show it, with the program's file name only.
+    pub fn display(&self) -> String {
+        let prog = self.program.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        let mut s = prog;
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs once, capturing stdout and stderr; an error unless it exits 0.
+    pub fn output(&self) -> Result<Output, String> {
+        let out = self.command().output().map_err(|e| format!("{}: {e}", self.display()))?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(failure(self, &out))
+        }
+    }
+
+    /// Runs once with stdout to /dev/null: the wall time from spawn to exit, and the
+    /// CPU time (user + system) the process used.
+    pub fn time(&self) -> Result<Sample, String> {
+        let mut c = self.command();
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        let cpu0 = children_cpu();
+        let t = Instant::now();
+        let out = c.output().map_err(|e| format!("{}: {e}", self.display()))?;
+        let wall = t.elapsed();
+        let cpu = children_cpu().saturating_sub(cpu0);
+        if out.status.success() {
+            Ok(Sample { wall, cpu })
+        } else {
+            Err(failure(self, &out))
+        }
+    }
+}
+
+fn failure(inv: &Invocation, out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = err.lines().rev().take(5).collect();
+    format!("`{}` failed ({}): {}", inv.display(), out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
+}
+
+/// User plus system CPU time of all waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// One timed run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+/// Repeated runs of one command.
+#[derive(Clone, Debug, Default)]
+pub struct Samples(pub Vec<Sample>);
+
+pub fn median_of(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    let n = v.len();
+    assert!(n > 0, "no samples");
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+impl Samples {
+    /// Median wall time.
+    pub fn median(&self) -> Duration {
+        median_of(self.0.iter().map(|s| s.wall).collect())
+    }
+
+    /// Median CPU time.
+    pub fn cpu(&self) -> Duration {
+        median_of(self.0.iter().map(|s| s.cpu).collect())
+    }
+
+    pub fn min(&self) -> Duration {
+        self.0.iter().map(|s| s.wall).min().unwrap_or_default()
+    }
+
+    pub fn max(&self) -> Duration {
+        self.0.iter().map(|s| s.wall).max().unwrap_or_default()
+    }
+}
+
+/// Which program a run is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Ours,
+    Nix,
+}
+
+/// Times `ours` and `nix` `runs` times each, interleaved (ours first on even runs, Nix
+/// first on odd ones) so drift in the machine hits both alike. `before` runs untimed
+/// before every timed run (to reset state); its error ends that side's series.
+pub fn interleaved(
+    ours: &Invocation,
+    nix: Option<&Invocation>,
+    runs: usize,
+    before: &mut dyn FnMut(Side) -> Result<(), String>,
+) -> (Result<Samples, String>, Option<Result<Samples, String>>) {
+    let mut o: Result<Samples, String> = Ok(Samples::default());
+    let mut n: Option<Result<Samples, String>> = nix.map(|_| Ok(Samples::default()));
+    for run in 0..runs {
+        let order = if run % 2 == 0 { [Side::Ours, Side::Nix] } else { [Side::Nix, Side::Ours] };
+        for side in order {
+            let (inv, acc) = match side {
+                Side::Ours => (ours, &mut o),
+                Side::Nix => match (nix, n.as_mut()) {
+                    (Some(inv), Some(acc)) => (inv, acc),
+                    _ => continue,
+                },
+            };
+            let Ok(samples) = acc else { continue };
+            let t = before(side).and_then(|()| inv.time());
+            match t {
+                Ok(d) => samples.0.push(d),
+                Err(e) => *acc = Err(e),
+            }
+        }
+    }
+    (o, n)
+}
