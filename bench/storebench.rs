@@ -17,8 +17,12 @@
 //! comparison) with `build-users-group` empty, `nix-command` enabled and `HOME` in the
 //! scratch directory. When Nix is missing, its columns say "n/a".
 
+// The crate root is bench/storebench.rs, so its modules live beside it unless told.
+#[path = "storebench/gen.rs"]
 mod gen;
+#[path = "storebench/report.rs"]
 mod report;
+#[path = "storebench/run.rs"]
 mod run;
 
 use std::ffi::OsString;

@@ -211,8 +211,8 @@ fn finish_refs(mut refs: Vec<u32>) -> Vec<u32> {
     refs
 }
 
-/// Plans the graph store: nodes, and the indices of the anchors.
-fn plan_graph(shape: &GraphShape) -> (Vec<Node>, [usize; 3]) {
+/// Plans the graph store: the nodes, the system root's index and the probe's index.
+fn plan_graph(shape: &GraphShape) -> (Vec<Node>, usize, usize) {
     assert!(shape.base >= 3 && shape.total > shape.base + shape.system);
     let mut nodes: Vec<Node> = Vec::with_capacity(shape.total);
     let mut sys = Rng::new(shape.seed);
@@ -290,7 +290,7 @@ fn plan_graph(shape: &GraphShape) -> (Vec<Node>, [usize; 3]) {
         }
         nodes.push(Node { name: package_name(&mut rest), refs: finish_refs(refs), body: small_body(&mut rest), deriver: rest.chance(0.8) });
     }
-    (nodes, [system, probe, 0])
+    (nodes, system, probe)
 }
 
 /// Plans the contents-checking store: `count` blobs summing to `total_bytes`, sizes
@@ -421,6 +421,7 @@ pub fn local_config(root: &Path) -> LocalConfig {
         state: root.join("nix/var/nix"),
         read_only: false,
         immutable: false,
+        create_links_dir: true,
     }
 }
 
@@ -443,7 +444,7 @@ fn realise_one(real: &Path, sd: &StoreDir, idx: usize, node: &Node, made: &[Opti
 /// Writes, hashes, names and registers `nodes` as a new store at `root`.
 fn build(root: &Path, nodes: &[Node], seed: u64, batch: usize) -> io::Result<(Generated, Vec<StorePath>)> {
     let t0 = Instant::now();
-    let mut store = LocalStore::open(local_config(root)).map_err(|e| io::Error::other(e.to_string()))?;
+    let store = LocalStore::open(local_config(root)).map_err(|e| io::Error::other(e.to_string()))?;
     let sd = StoreDir::new("/nix/store");
     let real = store.config().real.clone();
     // Waves: a node's wave is one more than its deepest reference's.
@@ -532,7 +533,7 @@ fn closure_size(nodes: &[Node], root: usize) -> usize {
 
 /// Generates a graph store of `shape` at `root`.
 pub fn graph_store(root: &Path, shape: &GraphShape) -> io::Result<Generated> {
-    let (nodes, [system, probe, _]) = plan_graph(shape);
+    let (nodes, system, probe) = plan_graph(shape);
     let (mut generated, paths) = build(root, &nodes, shape.seed, 25_000)?;
     let referrers_of = |t: u32| nodes.iter().filter(|n| n.refs.contains(&t)).count();
     let sd = StoreDir::new("/nix/store");

@@ -29,11 +29,6 @@ impl Invocation {
         self
     }
 
-    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Invocation {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-
     /// The command as a shell would show it, with the program's file name only.
     pub fn display(&self) -> String {
         let prog = self.program.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();

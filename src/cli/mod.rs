@@ -1,6 +1,7 @@
 //! The command line: arguments, output formats and exit codes. Everything here is a
 //! thin shell over the library; errors are rendered for humans only at this edge.
 
+mod gc;
 mod logging;
 mod output;
 mod paths;
@@ -87,6 +88,26 @@ enum Command {
     Umount,
     /// Remount the overlay, so changes made directly in the upper layer show through.
     Remount,
+    /// Delete store paths, refusing live ones, as `nix-store --delete`.
+    Delete {
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Print a JSON report instead of the summary line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Collect garbage (in the upper layer only, for an overlay), as `nix-store --gc`.
+    Gc(gc::GcArgs),
+    /// Remove upper-layer copies of paths the lower store also has, then remount.
+    Optimise {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts and bytes per layer: upper-only, copied-up lower, duplicates, dead, reclaimable.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -341,6 +362,38 @@ fn run(cli: Cli) -> CliResult {
                 }
                 None => Err(CliError::Failed(format!("there is no store path with hash part '{hash}'"))),
             }
+        }
+        Command::Delete { paths, json } => {
+            let mut opened = Opened::open(&spec)?;
+            gc::delete(&mut opened, &spec, &paths, json)
+        }
+        Command::Gc(args) => {
+            let mut opened = Opened::open(&spec)?;
+            gc::gc(&mut opened, &spec, &args)
+        }
+        Command::Optimise { json } => {
+            let mut opened = Opened::open(&spec)?;
+            gc::optimise(&mut opened, json)
+        }
+        Command::Stats { json } => {
+            let mut opened = Opened::open(&spec)?;
+            let Opened::Overlay(store) = &mut opened else {
+                return Err(CliError::Usage("stats reports per overlay layer; it applies to local-overlay stores".into()));
+            };
+            let st = store.stats(spec.gc.keep_derivations, spec.gc.keep_outputs)?;
+            if json {
+                println!("{}", serde_json::to_string(&st).map_err(|e| CliError::Failed(e.to_string()))?);
+            } else {
+                let mib = |b: u64| b as f64 / 1048576.0;
+                println!("upper-only paths:        {:>8}  {:>10.2} MiB", st.upper_only.paths, mib(st.upper_only.bytes));
+                println!("lower paths known upper: {:>8}  {:>10.2} MiB", st.lower_known_upper.paths, mib(st.lower_known_upper.bytes));
+                println!("duplicates (both layers):{:>8}  {:>10.2} MiB", st.duplicates.paths, mib(st.duplicates.bytes));
+                println!("missing files:           {:>8}  {:>10.2} MiB", st.missing.paths, mib(st.missing.bytes));
+                println!("dead paths:              {:>8}  {:>10.2} MiB", st.dead.paths, mib(st.dead.bytes));
+                println!("unclaimed upper entries: {:>8}  {:>10.2} MiB", st.unclaimed.paths, mib(st.unclaimed.bytes));
+                println!("reclaimable:                       {:>10.2} MiB", mib(st.reclaimable_bytes));
+            }
+            Ok(())
         }
         Command::Verify { check_contents } => {
             let mut opened = Opened::open(&spec)?;

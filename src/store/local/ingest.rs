@@ -82,6 +82,7 @@ pub fn add_path(target: &mut dyn IngestTarget, src: &Path) -> Result<StorePath> 
     let sink = nar::dump_path_copying(src, &tmp_path, HashSink::new(HashAlgo::Sha256)).map_err(io_err(src))?;
     let (nar_hash, nar_size) = sink.finish();
     let path = sd.make_fixed_output_path(&name, FileIngestion::Recursive, &nar_hash, &BTreeSet::new(), false)?;
+    store.add_temp_root(&path)?;
     let lock_file = store.lock_path_of(&path);
     let _lock = PathLock::acquire(&lock_file, true).map_err(io_err(&lock_file))?;
     if target.is_present(&path)? {
@@ -161,6 +162,7 @@ pub fn import(target: &mut dyn IngestTarget, input: &mut dyn Read) -> Result<Vec
             break;
         };
         all.push(item.path.clone());
+        target.local().add_temp_root(&item.path)?;
         let lock_file = target.local().lock_path_of(&item.path);
         if in_batch.contains(&item.path) {
             continue;

@@ -15,8 +15,10 @@
 pub mod canonicalise;
 pub mod db;
 pub mod ingest;
+pub mod gc;
 pub mod lock;
 pub mod roots;
+pub mod temproots;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,6 +81,7 @@ impl LocalConfig {
 pub struct LocalStore {
     config: LocalConfig,
     db: Database,
+    temp_roots: std::sync::Mutex<temproots::TempRoots>,
     _big_lock: Option<FileLock>,
 }
 
@@ -160,7 +163,8 @@ impl LocalStore {
         if version.is_none() && !read_only {
             fs::write(&schema_file, SCHEMA_VERSION.to_string()).map_err(io_err(&schema_file))?;
         }
-        Ok(LocalStore { config, db, _big_lock: big_lock })
+        let temp_roots = std::sync::Mutex::new(temproots::TempRoots::new(&config.state, &config.store_dir));
+        Ok(LocalStore { config, db, temp_roots, _big_lock: big_lock })
     }
 
     pub fn config(&self) -> &LocalConfig {
@@ -173,6 +177,12 @@ impl LocalStore {
 
     pub fn db_mut(&mut self) -> &mut Database {
         &mut self.db
+    }
+
+    /// Keeps `path` from being collected by any GC (ours or Nix's) while we run.
+    pub fn add_temp_root(&self, path: &StorePath) -> Result<()> {
+        let dir = self.config.state.join("temproots");
+        self.temp_roots.lock().expect("temp roots").add(path).map_err(io_err(dir))
     }
 
     fn check_writable(&self) -> Result<()> {

@@ -12,8 +12,10 @@
 //! The lower store is never written: its database is opened read-only and read live.
 
 pub mod copy_up;
+pub mod delete;
 pub mod mount;
 pub mod mountinfo;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -45,11 +47,25 @@ impl CopyUpReason {
     }
 }
 
-/// Engine decisions a policy may customise; the default is Nix's behaviour.
+/// Engine decisions a policy may customise; every default is Nix's behaviour. The engine
+/// stays the guard: whatever a policy answers, live paths are kept and closures stay
+/// complete.
 pub trait OverlayPolicy {
     /// Whether to cache the closure of a lower path found by a validity query.
     fn copy_up_on_query(&self, _info: &PathInfo) -> bool {
         true
+    }
+    /// Extra GC roots.
+    fn gc_roots(&self) -> Result<Vec<StorePath>> {
+        Ok(Vec::new())
+    }
+    /// Which dead paths to delete (`in_lower[i]`: whether `dead[i]` has lower files).
+    fn gc(&self, dead: Vec<crate::store::local::gc::DeadPath>, _in_lower: &[bool]) -> Result<Vec<StorePath>> {
+        Ok(dead.into_iter().map(|d| d.path).collect())
+    }
+    /// Remounts the store itself; `Ok(false)` leaves it to `remount-hook` or the built-in remount.
+    fn remount(&self, _store: &OverlayStore, _reason: &str) -> Result<bool> {
+        Ok(false)
     }
 }
 
@@ -76,6 +92,7 @@ pub struct OverlayStore {
     lower: Box<dyn Store>,
     plan: MountPlan,
     upper_layer: PathBuf,
+    remount_hook: Option<PathBuf>,
     read_only: bool,
     policy: Box<dyn OverlayPolicy>,
 }
@@ -138,7 +155,19 @@ impl OverlayStore {
         config.read_only = read_only;
         config.create_links_dir = mounted;
         let upper = LocalStore::open(config)?;
-        Ok(OverlayStore { upper, lower, plan, upper_layer: upper_layer(spec)?, read_only, policy: Box::new(NixPolicy) })
+        let store = OverlayStore {
+            upper,
+            lower,
+            plan,
+            upper_layer: upper_layer(spec)?,
+            remount_hook: spec.remount_hook.clone(),
+            read_only,
+            policy: Box::new(NixPolicy),
+        };
+        if mounted {
+            store.recover_pending_remount()?;
+        }
+        Ok(store)
     }
 
     pub fn set_policy(&mut self, policy: Box<dyn OverlayPolicy>) {

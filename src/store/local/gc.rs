@@ -1,0 +1,644 @@
+//! Garbage collection and deletion, as Nix does them, set at a time.
+//!
+//! 1. Take `gc.lock` exclusively and listen on `gc-socket/socket`, so processes adding
+//!    temporary roots while we run tell us (Nix's protocol; see `temproots`).
+//! 2. Find the roots (`roots`), load the reference graph once, and compute what is live:
+//!    the roots' closure, with the derivers of live paths (keep-derivations) and the
+//!    outputs of live derivations (keep-outputs).
+//! 3. Delete the dead rows in one transaction, referrers first, after re-checking the
+//!    temporary roots that arrived meanwhile; then remove their files on all cores. A row
+//!    always goes before its files, so a crash leaves unclaimed files (collected next
+//!    time), never a registered path without contents.
+//! 4. Remove entries no row claims (debris of crashes), except what a running operation
+//!    holds: temporary roots, held `.lock` files, our own live temporary objects.
+//!
+//! What "removing files" means is the target's business: a local store removes them
+//! from its real directory; an overlay store decides per path between the upper layer,
+//! the mount, or nothing (lower files).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rayon::prelude::*;
+
+use crate::format::StorePath;
+use crate::store::local::canonicalise::make_deletable;
+use crate::store::local::db::Graph;
+use crate::store::local::lock::{FileLock, LockKind, PathLock};
+use crate::store::local::roots::{RootFinder, Roots};
+use crate::store::local::temproots::{gc_lock_path, gc_socket_path};
+use crate::store::local::LocalStore;
+use crate::store::{io_err, Result, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcAction {
+    /// Collect all dead paths (and unclaimed entries).
+    Collect,
+    /// Delete exactly these paths, refusing live ones.
+    DeleteSpecific(Vec<StorePath>),
+}
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub action: GcAction,
+    /// Stop once at least this many bytes are freed.
+    pub max_freed: Option<u64>,
+    /// Work out what would go; change nothing.
+    pub dry_run: bool,
+    pub keep_derivations: bool,
+    pub keep_outputs: bool,
+}
+
+/// Files removed for one path, and how.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Removed {
+    pub bytes: u64,
+    /// Whether the path had files of its own to remove (an overlay's lower paths do not).
+    pub had_files: bool,
+    /// Removed in the upper layer directly, behind OverlayFS's back: a remount is due.
+    pub bypassed_mount: bool,
+}
+
+/// A path the GC decided about.
+#[derive(Debug, Clone)]
+pub struct DeadPath {
+    pub path: StorePath,
+    pub nar_size: u64,
+    pub registration_time: i64,
+    pub deriver: Option<StorePath>,
+    pub references: Vec<StorePath>,
+}
+
+/// Removes the files of store paths; shared by the threads that delete in parallel, so
+/// it holds plain paths, not the database.
+pub trait FileRemover: Sync {
+    /// Bytes that removing `path` would free (for `--max-freed`).
+    fn measure(&self, path: &StorePath) -> u64;
+    fn remove_files(&self, path: &StorePath) -> io::Result<Removed>;
+    /// The per-path lock file (`<real>/<basename>.lock`).
+    fn lock_path_of(&self, path: &StorePath) -> PathBuf;
+}
+
+/// A local store's files: `<real>/<basename>`.
+pub struct RealDirRemover {
+    pub real: PathBuf,
+}
+
+impl FileRemover for RealDirRemover {
+    fn measure(&self, path: &StorePath) -> u64 {
+        measure_tree(&self.real.join(path.basename()))
+    }
+    fn remove_files(&self, path: &StorePath) -> io::Result<Removed> {
+        let p = self.real.join(path.basename());
+        let had_files = fs::symlink_metadata(&p).is_ok();
+        Ok(Removed { bytes: remove_tree_counting(&p)?, had_files, bypassed_mount: false })
+    }
+    fn lock_path_of(&self, path: &StorePath) -> PathBuf {
+        self.real.join(format!("{}.lock", path.basename()))
+    }
+}
+
+/// What a store must provide to be collected. `LocalStore` is the plain case.
+pub trait GcTarget {
+    fn remover(&self) -> Box<dyn FileRemover + '_>;
+    fn local(&self) -> &LocalStore;
+    /// Whether the target of a root is valid (an overlay also asks its lower store).
+    fn root_is_valid(&self, path: &StorePath) -> bool;
+    /// Upper-database paths kept alive by roots that are not themselves in it (an
+    /// overlay's lower closures of roots pointing into the lower store).
+    fn extra_live(&self, _roots_elsewhere: &[StorePath]) -> Result<Vec<StorePath>> {
+        Ok(Vec::new())
+    }
+    /// Extra roots (a policy's `gc_roots`).
+    fn extra_roots(&self) -> Result<Vec<StorePath>> {
+        Ok(Vec::new())
+    }
+    /// Narrows the dead set (a policy's `gc`); the engine keeps the closure of whatever
+    /// is kept. The default deletes everything dead.
+    fn choose(&self, dead: Vec<DeadPath>) -> Result<Vec<StorePath>> {
+        Ok(dead.into_iter().map(|d| d.path).collect())
+    }
+    /// Where unclaimed entries are looked for.
+    fn garbage_dir(&self) -> PathBuf;
+    fn remove_garbage(&self, name: &OsString) -> io::Result<Removed>;
+    /// Called once at the end with whether anything bypassed the mount.
+    fn finish(&mut self, _bypassed_mount: bool) -> Result<bool> {
+        Ok(false)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub roots: Roots,
+    pub live: Vec<StorePath>,
+    pub dead: Vec<StorePath>,
+    /// Paths whose rows were deleted, in deletion order.
+    pub deleted: Vec<StorePath>,
+    /// Of those, paths that had no files of their own (an overlay's lower rows).
+    pub rows_only: usize,
+    /// Unclaimed entries removed.
+    pub garbage: Vec<String>,
+    pub bytes_freed: u64,
+    pub remounted: bool,
+    /// Paths that would be deleted (dry run) or could not be (busy).
+    pub skipped: Vec<StorePath>,
+}
+
+impl GcReport {
+    /// What Nix counts as "store paths deleted".
+    pub fn paths_deleted(&self) -> usize {
+        self.deleted.len() + self.garbage.len()
+    }
+}
+
+/// Temporary roots announced over the GC socket while we run, and the paths whose
+/// deletion is under way (an announcement for one of those waits until it is gone).
+#[derive(Default)]
+struct Shared {
+    temp_roots: HashSet<String>,
+    pending: HashSet<String>,
+}
+
+struct SocketServer {
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl SocketServer {
+    fn start(state: &Path) -> io::Result<SocketServer> {
+        let path = gc_socket_path(state);
+        fs::create_dir_all(path.parent().expect("has a parent"))?;
+        let _ = fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sh, st) = (shared.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let sh = sh.clone();
+                        std::thread::spawn(move || serve_client(conn, sh));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(SocketServer { shared, stop, thread: Some(thread), path })
+    }
+}
+
+impl Drop for SocketServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn serve_client(conn: std::os::unix::net::UnixStream, shared: Arc<(Mutex<Shared>, Condvar)>) {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = conn.set_nonblocking(false);
+    let mut writer = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    for line in BufReader::new(conn).lines() {
+        let Ok(line) = line else { return };
+        let hash = Path::new(line.trim()).file_name().map(|n| n.to_string_lossy().chars().take(32).collect::<String>()).unwrap_or_default();
+        let (lock, cv) = &*shared;
+        let mut s = lock.lock().expect("gc socket state");
+        while s.pending.contains(&hash) {
+            s = cv.wait(s).expect("gc socket state");
+        }
+        s.temp_roots.insert(hash);
+        drop(s);
+        if writer.write_all(b"1").is_err() {
+            return;
+        }
+    }
+}
+
+/// Counts what Nix counts as freed (sizes of non-directories with at most two links)
+/// and removes a tree without following symlinks.
+pub fn remove_tree_counting(path: &Path) -> io::Result<u64> {
+    let meta = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        r => r?,
+    };
+    if meta.is_dir() {
+        make_deletable(path)?;
+        let mut bytes = 0;
+        for e in fs::read_dir(path)? {
+            bytes += remove_tree_counting(&e?.path())?;
+        }
+        fs::remove_dir(path)?;
+        Ok(bytes)
+    } else {
+        fs::remove_file(path)?;
+        Ok(if meta.nlink() <= 2 { meta.len() } else { 0 })
+    }
+}
+
+/// The bytes `remove_tree_counting` would free.
+pub fn measure_tree(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    if meta.is_dir() {
+        fs::read_dir(path).map(|rd| rd.filter_map(|e| e.ok()).map(|e| measure_tree(&e.path())).sum()).unwrap_or(0)
+    } else if meta.nlink() <= 2 {
+        meta.len()
+    } else {
+        0
+    }
+}
+
+impl GcTarget for LocalStore {
+    fn remover(&self) -> Box<dyn FileRemover + '_> {
+        Box::new(RealDirRemover { real: self.config().real.clone() })
+    }
+    fn local(&self) -> &LocalStore {
+        self
+    }
+    fn root_is_valid(&self, path: &StorePath) -> bool {
+        self.db().is_valid(path).unwrap_or(false)
+    }
+    fn garbage_dir(&self) -> PathBuf {
+        self.config().real.clone()
+    }
+    fn remove_garbage(&self, name: &OsString) -> io::Result<Removed> {
+        Ok(Removed { bytes: remove_tree_counting(&self.config().real.join(name))?, had_files: true, bypassed_mount: false })
+    }
+}
+
+/// Whether a process with this PID exists (for our own `.tmp-overlay-store-*-PID-N`).
+fn pid_alive(pid: &str) -> bool {
+    Path::new("/proc").join(pid).exists()
+}
+
+/// The GC engine over one target.
+pub struct Collector<'a> {
+    pub target: &'a mut dyn GcTarget,
+    pub notice: &'a mut (dyn FnMut(&str) + Send),
+}
+
+impl Collector<'_> {
+    pub fn find_roots(&mut self) -> Result<Roots> {
+        let target: &dyn GcTarget = &*self.target;
+        let local = target.local();
+        let store_dir = local.config().store_dir.clone();
+        let state = local.config().state.clone();
+        let is_valid = |p: &StorePath| target.root_is_valid(p);
+        let notice = &mut *self.notice;
+        let mut roots = RootFinder { store_dir: &store_dir, state: &state, is_valid: &is_valid, notice }.find_all(true)?;
+        for p in target.extra_roots()? {
+            roots.entry(p).or_default().insert("{policy}".into());
+        }
+        Ok(roots)
+    }
+
+    /// Live indices: the closure of the roots under references, with derivers
+    /// (keep-derivations) and outputs (keep-outputs).
+    fn live_set(&self, g: &Graph, start: impl IntoIterator<Item = u32>, opts: &GcOptions) -> Vec<bool> {
+        let mut live = vec![false; g.paths.len()];
+        let mut stack: Vec<u32> = Vec::new();
+        for i in start {
+            if !live[i as usize] {
+                live[i as usize] = true;
+                stack.push(i);
+            }
+        }
+        while let Some(i) = stack.pop() {
+            let i = i as usize;
+            let visit = |j: u32, live: &mut Vec<bool>, stack: &mut Vec<u32>| {
+                if !live[j as usize] {
+                    live[j as usize] = true;
+                    stack.push(j);
+                }
+            };
+            for &r in &g.refs[i] {
+                visit(r, &mut live, &mut stack);
+            }
+            if opts.keep_derivations {
+                if let Some(d) = g.deriver[i] {
+                    if g.outputs[d as usize].contains(&(i as u32)) {
+                        visit(d, &mut live, &mut stack);
+                    }
+                }
+            }
+            if opts.keep_outputs {
+                for &o in &g.outputs[i] {
+                    visit(o, &mut live, &mut stack);
+                }
+            }
+        }
+        live
+    }
+
+    pub fn run(&mut self, opts: &GcOptions) -> Result<GcReport> {
+        let state = self.target.local().config().state.clone();
+        let lock_path = gc_lock_path(&state);
+        let _gc_lock = if opts.dry_run {
+            None
+        } else {
+            let l = match FileLock::acquire(&lock_path, LockKind::Exclusive, false).map_err(io_err(&lock_path))? {
+                Some(l) => l,
+                None => {
+                    (self.notice)("waiting for the big garbage collector lock...");
+                    FileLock::acquire(&lock_path, LockKind::Exclusive, true).map_err(io_err(&lock_path))?.expect("blocking")
+                }
+            };
+            Some(l)
+        };
+        let server = if opts.dry_run { None } else { Some(SocketServer::start(&state).map_err(io_err(gc_socket_path(&state)))?) };
+
+        (self.notice)("finding garbage collector roots...");
+        let roots = self.find_roots()?;
+        let g = self.target.local().db().load_graph()?;
+        let mut root_idx = Vec::new();
+        let mut elsewhere = Vec::new();
+        for p in roots.keys() {
+            match g.index.get(p) {
+                Some(&i) => root_idx.push(i),
+                None => elsewhere.push(p.clone()),
+            }
+        }
+        for p in self.target.extra_live(&elsewhere)? {
+            if let Some(&i) = g.index.get(&p) {
+                root_idx.push(i);
+            }
+        }
+        // Temporary roots protect by hash part (so `<hash>-x.lock` and friends too).
+        let temp_hashes: HashSet<String> = roots.keys().map(|p| p.hash_part().to_string()).collect();
+        for (i, p) in g.paths.iter().enumerate() {
+            if temp_hashes.contains(p.hash_part()) {
+                root_idx.push(i as u32);
+            }
+        }
+        let live = self.live_set(&g, root_idx.iter().copied(), opts);
+        let mut report = GcReport { roots, ..Default::default() };
+        report.live = (0..g.paths.len()).filter(|&i| live[i]).map(|i| g.paths[i].clone()).collect();
+        report.live.sort();
+
+        // Candidates: everything dead, or exactly the paths asked for.
+        let candidates: Vec<u32> = match &opts.action {
+            GcAction::Collect => (0..g.paths.len() as u32).filter(|&i| !live[i as usize]).collect(),
+            GcAction::DeleteSpecific(paths) => {
+                let mut v = Vec::new();
+                let wanted: HashSet<u32> = paths.iter().filter_map(|p| g.index.get(p).copied()).collect();
+                for p in paths {
+                    let Some(&i) = g.index.get(p) else {
+                        return Err(StoreError::Other(format!(
+                            "cannot delete '{}': it is not registered in this store's database",
+                            self.target.local().config().store_dir.display(p)
+                        )));
+                    };
+                    let referred = g.referrers[i as usize].iter().any(|&r| r != i && !wanted.contains(&r));
+                    if live[i as usize] || referred {
+                        return Err(StoreError::Other(format!(
+                            "Cannot delete path '{}' since it is still alive. To find out why, use: nix-store --query --roots",
+                            self.target.local().config().store_dir.display(p)
+                        )));
+                    }
+                    v.push(i);
+                }
+                v
+            }
+        };
+        report.dead = candidates.iter().map(|&i| g.paths[i as usize].clone()).collect();
+        report.dead.sort();
+
+        // The policy may keep some; the engine keeps the closure of what is kept.
+        let dead_infos: Vec<DeadPath> = candidates
+            .iter()
+            .map(|&i| {
+                let i = i as usize;
+                DeadPath {
+                    path: g.paths[i].clone(),
+                    nar_size: g.nar_size[i],
+                    registration_time: g.registration_time[i],
+                    deriver: g.deriver[i].map(|d| g.paths[d as usize].clone()),
+                    references: g.refs[i].iter().map(|&r| g.paths[r as usize].clone()).collect(),
+                }
+            })
+            .collect();
+        let chosen: HashSet<StorePath> = if matches!(opts.action, GcAction::Collect) {
+            self.target.choose(dead_infos)?.into_iter().collect()
+        } else {
+            dead_infos.into_iter().map(|d| d.path).collect()
+        };
+        let cand_set: HashSet<u32> = candidates.iter().copied().collect();
+        let kept: Vec<u32> = candidates.iter().copied().filter(|&i| !chosen.contains(&g.paths[i as usize])).collect();
+        let mut doomed = self.restrict(&g, &cand_set, &kept);
+        let mut order = deletion_order(&g, &doomed);
+
+        if opts.dry_run {
+            report.skipped = order.iter().map(|&i| g.paths[i as usize].clone()).collect();
+            return Ok(report);
+        }
+        (self.notice)("deleting garbage...");
+        let remover = self.target.remover();
+        if let Some(limit) = opts.max_freed {
+            let mut total = 0u64;
+            let mut cut = order.len();
+            for (k, &i) in order.iter().enumerate() {
+                if total >= limit {
+                    cut = k;
+                    break;
+                }
+                total += remover.measure(&g.paths[i as usize]);
+            }
+            order.truncate(cut);
+            doomed = order.iter().copied().collect();
+        }
+
+        // Re-check temporary roots announced over the socket; mark the rest pending so
+        // an announcement for one of them waits until it is gone.
+        let server = server.expect("not a dry run");
+        {
+            let (lock, _) = &*server.shared;
+            let mut s = lock.lock().expect("gc socket state");
+            let protected: Vec<u32> = order.iter().copied().filter(|&i| s.temp_roots.contains(g.paths[i as usize].hash_part())).collect();
+            if !protected.is_empty() {
+                doomed = self.restrict(&g, &doomed, &protected);
+                order.retain(|i| doomed.contains(i));
+            }
+            for &i in &order {
+                s.pending.insert(g.paths[i as usize].hash_part().to_string());
+            }
+        }
+        let doomed_paths: Vec<StorePath> = order.iter().map(|&i| g.paths[i as usize].clone()).collect();
+        let unpend = || {
+            let (lock, cv) = &*server.shared;
+            lock.lock().expect("gc socket state").pending.clear();
+            cv.notify_all();
+        };
+        if let Err(e) = self.target.local().db().delete_paths_in_order(&doomed_paths) {
+            unpend();
+            return Err(e);
+        }
+        // Files, on all cores. Announcements of these paths wait until they are gone,
+        // so nobody re-adds one while its old files are being removed; a path whose
+        // lock is held (an adder that did not announce it) is left as debris.
+        let results: Vec<(StorePath, io::Result<Removed>)> = doomed_paths
+            .par_iter()
+            .map(|p| {
+                let lock_file = remover.lock_path_of(p);
+                let res = match PathLock::acquire(&lock_file, false) {
+                    Ok(Some(_l)) => remover.remove_files(p),
+                    Ok(None) => Ok(Removed::default()),
+                    Err(e) => Err(e),
+                };
+                (p.clone(), res)
+            })
+            .collect();
+        unpend();
+        drop(remover);
+        let sd = self.target.local().config().store_dir.clone();
+        let mut bypassed = false;
+        for (p, r) in results {
+            match r {
+                Ok(removed) => {
+                    (self.notice)(&format!("deleting '{}'", sd.display(&p)));
+                    report.bytes_freed += removed.bytes;
+                    bypassed |= removed.bypassed_mount;
+                    if !removed.had_files {
+                        report.rows_only += 1;
+                    }
+                    report.deleted.push(p);
+                }
+                Err(e) => {
+                    (self.notice)(&format!("warning: could not remove the files of '{}': {e}; they will be collected later", sd.display(&p)));
+                    report.deleted.push(p);
+                }
+            }
+        }
+
+        if matches!(opts.action, GcAction::Collect) && opts.max_freed.is_none_or(|m| report.bytes_freed < m) {
+            bypassed |= self.collect_unclaimed(&server, opts, &mut report)?;
+        }
+        drop(server);
+        report.remounted = self.target.finish(bypassed)?;
+        Ok(report)
+    }
+
+    /// `set` minus `keep` and everything `keep` references within `set`.
+    fn restrict(&self, g: &Graph, set: &HashSet<u32>, keep: &[u32]) -> HashSet<u32> {
+        let mut out = set.clone();
+        let mut stack: Vec<u32> = keep.to_vec();
+        while let Some(i) = stack.pop() {
+            if out.remove(&i) || keep.contains(&i) {
+                for &r in &g.refs[i as usize] {
+                    if out.contains(&r) {
+                        stack.push(r);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes entries of the garbage directory that no row claims and nobody holds.
+    fn collect_unclaimed(&mut self, server: &SocketServer, opts: &GcOptions, report: &mut GcReport) -> Result<bool> {
+        let dir = self.target.garbage_dir();
+        let Ok(entries) = fs::read_dir(&dir) else { return Ok(false) };
+        let db = self.target.local().db();
+        let mut bypassed = false;
+        let mut names: Vec<OsString> = entries.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        names.sort();
+        for name in names {
+            let s = name.to_string_lossy().to_string();
+            if s == ".links" {
+                continue;
+            }
+            if let Some(rest) = s.strip_prefix(".tmp-overlay-store-") {
+                // `<what>-<pid>-<n>`: ours; leave those of running processes alone.
+                let pid = rest.rsplit('-').nth(1).unwrap_or("");
+                if pid_alive(pid) {
+                    continue;
+                }
+            } else if s.starts_with('.') {
+                continue;
+            }
+            let hash: String = s.chars().take(32).collect();
+            if let Ok(p) = StorePath::from_basename(&s) {
+                if db.is_valid(&p)? {
+                    continue;
+                }
+            }
+            {
+                let (lock, _) = &*server.shared;
+                if lock.lock().expect("gc socket state").temp_roots.contains(&hash) {
+                    continue;
+                }
+            }
+            if report.roots.keys().any(|p| p.hash_part() == hash) {
+                continue;
+            }
+            let full = dir.join(&name);
+            if s.ends_with(".lock") {
+                // A held lock belongs to an operation in progress.
+                match fs::OpenOptions::new().read(true).write(true).open(&full) {
+                    Ok(f) => match FileLock::from_file(f, &full, LockKind::Exclusive, false) {
+                        Ok(Some(_held)) => {}
+                        _ => continue,
+                    },
+                    Err(_) => {}
+                }
+            } else if let Ok(Some(_busy)) = PathLock::acquire(&dir.join(format!("{s}.lock")), false).map(|l| l.is_none().then_some(())) {
+                continue;
+            }
+            (self.notice)(&format!("deleting '{}'", full.display()));
+            match self.target.remove_garbage(&name) {
+                Ok(r) => {
+                    report.bytes_freed += r.bytes;
+                    bypassed |= r.bypassed_mount;
+                    report.garbage.push(s);
+                }
+                Err(e) => (self.notice)(&format!("warning: could not delete '{}': {e}", full.display())),
+            }
+            if opts.max_freed.is_some_and(|m| report.bytes_freed >= m) {
+                break;
+            }
+        }
+        Ok(bypassed)
+    }
+}
+
+/// Referrers before references (Kahn's algorithm on the doomed subgraph), ties by path.
+fn deletion_order(g: &Graph, doomed: &HashSet<u32>) -> Vec<u32> {
+    let mut pending: HashMap<u32, usize> = doomed
+        .iter()
+        .map(|&i| (i, g.referrers[i as usize].iter().filter(|&&r| r != i && doomed.contains(&r)).count()))
+        .collect();
+    let mut ready: BTreeSet<(&StorePath, u32)> = pending.iter().filter(|(_, &n)| n == 0).map(|(&i, _)| (&g.paths[i as usize], i)).collect();
+    let mut order = Vec::with_capacity(doomed.len());
+    while let Some((_, i)) = ready.pop_first() {
+        order.push(i);
+        for &r in &g.refs[i as usize] {
+            if r == i {
+                continue;
+            }
+            if let Some(n) = pending.get_mut(&r) {
+                *n -= 1;
+                if *n == 0 {
+                    ready.insert((&g.paths[r as usize], r));
+                }
+            }
+        }
+    }
+    order
+}
