@@ -6,6 +6,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::*;
 
@@ -293,5 +294,50 @@ fn max_freed_really_stops() {
         ours(&cfg, &["verify", "--check-contents"]).ok();
         ours(&cfg, &["gc"]).ok();
         assert!(l.upper_entries().is_empty());
+    });
+}
+
+/// `verify --repair --repair-from` restores a modified upper path from an export file and
+/// from another store, and a removed one from a store root.
+#[test]
+fn repair_restores_modified_and_missing_upper_paths() {
+    let s = Scratch::new();
+    let base = s.path().to_path_buf();
+    with_private_mounts(s.path(), move || {
+        let l = Layers { base: base.clone() };
+        let cfg = l.config_with("");
+        ours(&l.lower_uri(), &["init"]).ok();
+        ours(&cfg, &["mount"]).ok();
+        let d = base.join("in/tree");
+        write(&d.join("a"), "a\n");
+        write(&d.join("sub/b"), "b\n");
+        let p = add(&cfg, d.to_str().unwrap());
+        let backup = base.join("backup.export");
+        fs::write(&backup, ours(&cfg, &["export", &p]).ok().stdout).unwrap();
+        let other = format!("local?root={}", base.join("other").display());
+        add(&other, d.to_str().unwrap());
+        let tamper = || {
+            let f = l.upper().join(base_of(&p)).join("sub/b");
+            Command::new("chmod").args(["-R", "u+w"]).arg(l.upper().join(base_of(&p))).status().unwrap();
+            fs::write(&f, "evil\n").unwrap();
+            ours(&cfg, &["remount"]).ok();
+            assert_eq!(ours(&cfg, &["verify", "--check-contents"]).code, 1);
+        };
+        tamper();
+        let r = ours(&cfg, &["verify", "--check-contents", "--repair", "--repair-from", backup.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stderr.contains(&format!("repaired path '{p}'")), "{}", r.stderr);
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+        tamper();
+        ours(&cfg, &["verify", "--check-contents", "--repair", "--repair-from", &other]).ok();
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+        assert_eq!(fs::read_to_string(l.real().join(base_of(&p)).join("sub/b")).unwrap(), "b\n");
+        // Without a good copy the error stays.
+        tamper();
+        let empty = format!("local?root={}", base.join("empty").display());
+        ours(&empty, &["init"]).ok();
+        let r = ours(&cfg, &["verify", "--check-contents", "--repair", "--repair-from", &empty]);
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("cannot repair path"), "{}", r.stderr);
     });
 }

@@ -19,6 +19,9 @@ use overlay_store::store::local::ingest::{self, IngestTarget};
 use overlay_store::store::local::verify::{hash_path, modified_message, Fix, Verifier};
 use overlay_store::store::local::{LocalConfig, LocalStore};
 use overlay_store::store::overlay::{self, MountError, MountPlan, OpenOptions, OverlayStore};
+use overlay_store::format::StorePath;
+use overlay_store::store::local::gc::RealDirRemover;
+use overlay_store::store::local::repair::{self, RepairSource};
 use overlay_store::store::{Store, StoreError};
 
 #[derive(Parser, Debug)]
@@ -72,6 +75,12 @@ enum Command {
     Verify {
         #[arg(long)]
         check_contents: bool,
+        /// Restore modified or missing paths (needs --repair-from).
+        #[arg(long, requires = "repair_from")]
+        repair: bool,
+        /// Where good copies come from: a store (root, URI or TOML spec) or an export file.
+        #[arg(long = "repair-from", value_name = "SPEC")]
+        repair_from: Option<String>,
     },
     /// Check the contents of the given paths against their recorded hashes.
     VerifyPath {
@@ -395,9 +404,10 @@ fn run(cli: Cli) -> CliResult {
             }
             Ok(())
         }
-        Command::Verify { check_contents } => {
+        Command::Verify { check_contents, repair, repair_from } => {
             let mut opened = Opened::open(&spec)?;
-            verify(&mut opened, check_contents)
+            let from = if repair { repair_from.as_deref() } else { None };
+            verify(&mut opened, check_contents, from)
         }
         Command::VerifyPath { paths } => {
             let opened = Opened::open(&spec)?;
@@ -429,7 +439,57 @@ fn run(cli: Cli) -> CliResult {
     }
 }
 
-fn verify(opened: &mut Opened, check_contents: bool) -> CliResult {
+/// Opens what `--repair-from` names: an export file, or a store (read-only).
+fn repair_source(arg: &str) -> CliResult<Result<Box<dyn Store>, PathBuf>> {
+    let p = std::path::Path::new(arg);
+    if p.is_file() && !arg.ends_with(".toml") {
+        return Ok(Err(p.to_path_buf()));
+    }
+    let spec = StoreSpec::parse_arg(arg)?;
+    Ok(Ok(overlay::open_lower(&spec)?))
+}
+
+fn verify(opened: &mut Opened, check_contents: bool, repair_from: Option<&str>) -> CliResult {
+    if let Some(from) = repair_from {
+        let (modified, missing) = {
+            let store = opened.registry();
+            let infos = store.db().all_infos()?;
+            let mut quiet = |_: &str| {};
+            let (report, _) = Verifier { store: &*store, check_contents, notice: &mut quiet }.run(infos, None)?;
+            (report.modified, report.missing_with_referrers)
+        };
+        let broken: std::collections::BTreeSet<_> = modified.into_iter().chain(missing).collect();
+        if !broken.is_empty() {
+            let source = repair_source(from)?;
+            let src = match &source {
+                Ok(s) => RepairSource::Store(s.as_ref()),
+                Err(f) => RepairSource::ExportFile(f.clone()),
+            };
+            let report = match opened {
+                Opened::Local(s) => {
+                    let remover = RealDirRemover { real: s.config().real.clone() };
+                    repair::repair(s, &remover, &|_| false, &src, &broken)?
+                }
+                Opened::Overlay(o) => {
+                    let remover = o.remover();
+                    let lower_real = o.plan().lowerdir.clone();
+                    let in_lower = |p: &StorePath| std::fs::symlink_metadata(lower_real.join(p.basename())).is_ok();
+                    let r = repair::repair(o.upper(), &remover, &in_lower, &src, &broken)?;
+                    if r.bypassed_mount {
+                        o.remount("repair")?;
+                    }
+                    r
+                }
+            };
+            let sd = opened.store().store_dir().clone();
+            for p in &report.repaired {
+                tracing::info!("repaired path '{}'", sd.display(p));
+            }
+            for (p, why) in &report.failed {
+                tracing::warn!("cannot repair path '{}': {why}", sd.display(p));
+            }
+        }
+    }
     let store = opened.registry();
     let infos = store.db().all_infos()?;
     let links = store.config().real.join(".links");

@@ -17,6 +17,7 @@ pub mod db;
 pub mod ingest;
 pub mod gc;
 pub mod lock;
+pub mod repair;
 pub mod roots;
 pub mod temproots;
 pub mod verify;

@@ -24,6 +24,8 @@ pub struct VerifyReport {
     pub removed: Vec<StorePath>,
     /// Paths whose contents do not match.
     pub modified: Vec<StorePath>,
+    /// Paths whose files are gone while other paths still refer to them.
+    pub missing_with_referrers: Vec<StorePath>,
     pub checked: usize,
 }
 
@@ -89,6 +91,7 @@ impl Verifier<'_> {
                 (self.notice)(&m);
                 report.messages.push(m);
                 report.errors += 1;
+                report.missing_with_referrers.push(info.path.clone());
             } else {
                 let m = format!("path '{shown}' disappeared, removing from database...");
                 (self.notice)(&m);
