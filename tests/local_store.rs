@@ -269,3 +269,61 @@ fn query_roots_agrees_with_nix() {
     }
     assert!(ours(&uri(&root), &["query", "--roots", hello]).ok().out().contains(&format!("{} -> {top}", gcroots.join("direct").display())));
 }
+
+/// Stock Nix's GC running while our import is half-way: the paths we have placed but not
+/// yet registered are protected by our temporary roots (Nix's protocol), and the import
+/// then completes.
+#[test]
+fn nix_gc_respects_our_temp_roots_mid_import() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    if !have_nix() {
+        return;
+    }
+    let s = Scratch::new();
+    let src = s.join("src");
+    let dst = s.join("dst");
+    let mut paths = Vec::new();
+    for i in 0..6 {
+        let f = s.join(&format!("fx/f{i}"));
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, format!("{i}\n")).unwrap();
+        paths.push(ours(&uri(&src), &["add", f.to_str().unwrap()]).ok().out().trim().to_string());
+    }
+    paths.sort();
+    let mut args = vec!["export"];
+    args.extend(paths.iter().map(String::as_str));
+    let stream = ours(&uri(&src), &args).ok().stdout;
+    ours(&uri(&dst), &["init"]).ok();
+    // Everything but the end-of-stream marker: all items placed, none registered yet.
+    let mut child = Command::new(BIN)
+        .args(["--store", &uri(&dst), "import"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&stream[..stream.len() - 8]).unwrap();
+    stdin.flush().unwrap();
+    let placed = |root: &Path| paths.iter().filter(|p| root.join("nix/store").join(Path::new(p).file_name().unwrap()).exists()).count();
+    for _ in 0..100 {
+        if placed(&dst) == paths.len() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(placed(&dst), paths.len(), "the import placed its files");
+    let gc = nix_store(&s, &dst, &["--gc"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert_eq!(placed(&dst), paths.len(), "Nix's GC deleted files we were importing: {}", gc.stderr);
+    stdin.write_all(&stream[stream.len() - 8..]).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = nix_store(&s, &dst, &["--verify", "--check-contents"]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    for p in &paths {
+        ours(&uri(&dst), &["verify-path", p]).ok();
+    }
+}
