@@ -106,6 +106,17 @@ struct Scratch {
     keep: bool,
 }
 
+impl Scratch {
+    /// Removes a store or tree that is no longer needed, unless everything is kept.
+    fn tidy(&self, path: &Path) {
+        if !self.keep {
+            if let Err(e) = remove_tree(path) {
+                eprintln!("storebench: could not remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         if self.keep {
@@ -288,10 +299,11 @@ fn reset_added(root: &Path, path: &str) -> Result<(), String> {
 }
 
 /// `add SRC` by both programs, each into its own store, `runs` times.
-fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Path, runs: usize, target: Target) -> Bench {
+fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Scratch, runs: usize, target: Target) -> Bench {
     log(ctx.start, title);
-    let ours_root = scratch.join(format!("{id}-ours"));
-    let nix_root = scratch.join(format!("{id}-nix"));
+    let dir = scratch.dir.as_path();
+    let ours_root = dir.join(format!("{id}-ours"));
+    let nix_root = dir.join(format!("{id}-nix"));
     let src_s = src.to_string_lossy().to_string();
     let ours = ours_cmd(&ctx.bin, &ours_root, &["add", &src_s]);
     let nix = ctx.nix.as_ref().map(|n| n.store_cmd(&nix_root, &["--add", &src_s]));
@@ -320,7 +332,7 @@ fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Path, runs:
         Side::Nix => reset_added(&nix_root, &nix_expected),
     });
     // The filesystem floor: the same tree copied with cp, same number of runs.
-    let floor_dst = scratch.join(format!("{id}-floor"));
+    let floor_dst = dir.join(format!("{id}-floor"));
     let cp = Invocation::new("cp").args(["-a".into(), src.as_os_str().to_owned(), floor_dst.clone().into_os_string()]);
     let (floor, _) = interleaved(&cp, None, runs, &mut |_| {
         remove_tree(&floor_dst).map_err(|e| e.to_string())?;
@@ -332,9 +344,8 @@ fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Path, runs:
         Ok(f) => notes.push(format!("filesystem floor, `cp -a` of the same source: median {}", report::dur(f.median()))),
         Err(e) => notes.push(format!("cp floor failed: {e}")),
     }
-    for root in [&ours_root, &nix_root] {
-        let _ = remove_tree(root);
-    }
+    scratch.tidy(&ours_root);
+    scratch.tidy(&nix_root);
     Bench {
         id: id.into(),
         title: title.into(),
@@ -419,33 +430,34 @@ fn graph_benches(ctx: &Ctx, g: &Generated, label: &str, plan: &Plan, main_target
     ]
 }
 
-/// Where the bench executable's profile directory is (`<target>/release`).
-fn profile_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.to_path_buf())
+/// Which parts to run (`STOREBENCH_ONLY=queries,verify,add`; default all).
+struct Phases {
+    queries: bool,
+    verify: bool,
+    add: bool,
 }
 
-fn main() {
-    let start = Instant::now();
-    let quick = env_flag("STOREBENCH_QUICK") || std::env::args().any(|a| a == "--quick");
-    let plan = Plan::new(quick);
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bin = std::env::var_os("STOREBENCH_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_overlay-store")));
-    assert!(bin.is_file(), "no overlay-store binary at {}", bin.display());
-    let out_path = match std::env::var_os("STOREBENCH_OUT") {
-        Some(p) => PathBuf::from(p),
-        None if quick => profile_dir().unwrap_or_else(std::env::temp_dir).join("storebench-quick.md"),
-        None => manifest.join("BENCHMARKS.md"),
-    };
-    let base = std::env::var_os("STOREBENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let scratch = Scratch { dir: base.join(format!("storebench-{}", std::process::id())), keep: env_flag("STOREBENCH_KEEP") };
-    fs::create_dir_all(scratch.dir.join("home")).expect("create scratch dir");
-    let nix = Nix::detect(&scratch.dir.join("home"));
-    log(start, &format!("{} run; scratch {}; ours {}; Nix: {}", if quick { "quick" } else { "full" }, scratch.dir.display(), bin.display(), nix.as_ref().map_or("not found", |n| n.version.as_str())));
-    let mut report = Report::new(quick, nix.as_ref().map(|n| n.version.clone()), &scratch.dir, &manifest);
-    let ctx = Ctx { start, bin, nix };
+impl Phases {
+    fn from_env() -> Phases {
+        match std::env::var("STOREBENCH_ONLY") {
+            Ok(v) if !v.trim().is_empty() => {
+                let has = |p: &str| v.split(',').any(|x| x.trim() == p);
+                let phases = Phases { queries: has("queries"), verify: has("verify"), add: has("add") };
+                assert!(phases.queries || phases.verify || phases.add, "STOREBENCH_ONLY: expected a list of queries, verify, add; got {v:?}");
+                phases
+            }
+            _ => Phases { queries: true, verify: true, add: true },
+        }
+    }
 
-    // Generation.
+    fn all(&self) -> bool {
+        self.queries && self.verify && self.add
+    }
+}
+
+/// Generates the two graph stores and runs the query benchmarks on both.
+fn query_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) {
+    let start = ctx.start;
     log(start, &format!("generating the {}-path store", plan.small.total));
     let small = gen::graph_store(&scratch.dir.join("small"), &plan.small).expect("generate small store");
     log(start, &format!("  done in {}", report::dur(small.total_time())));
@@ -456,19 +468,21 @@ fn main() {
     let big_label = format!("{}k store", plan.big.total / 1000);
     report.generated.push((small_label.clone(), small.clone()));
     report.generated.push((big_label.clone(), big.clone()));
-
-    // Queries, on both stores.
-    let big_benches = graph_benches(&ctx, &big, &big_label, &plan, true);
-    let small_benches = graph_benches(&ctx, &small, &small_label, &plan, false);
+    let big_benches = graph_benches(ctx, &big, &big_label, plan, true);
+    let small_benches = graph_benches(ctx, &small, &small_label, plan, false);
     for (b, s) in big_benches.iter().zip(&small_benches) {
         report.flat.push(Flat::new(b, s, &small_label, &big_label));
     }
     report.benches.extend(big_benches);
     report.benches.extend(small_benches);
-    let _ = remove_tree(&small.root);
-    let _ = remove_tree(&big.root);
+    log(start, "removing the graph stores");
+    scratch.tidy(&small.root);
+    scratch.tidy(&big.root);
+}
 
-    // Contents checking.
+/// Generates the contents-checking store and times `verify --check-contents` on it.
+fn verify_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) {
+    let start = ctx.start;
     log(start, &format!("generating the {} MiB contents-checking store", plan.verify_bytes >> 20));
     let vstore = gen::blob_store(&scratch.dir.join("verify"), plan.verify_paths, plan.verify_bytes, 0xB10B).expect("generate verify store");
     log(start, &format!("  done in {}", report::dur(vstore.total_time())));
@@ -484,9 +498,11 @@ fn main() {
         plan.io_runs,
         Target::Ratio(1.5),
     ));
-    let _ = remove_tree(&vstore.root);
+    scratch.tidy(&vstore.root);
+}
 
-    // Adding.
+/// Writes the sources and times `add` of the tree and of the big file.
+fn add_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) {
     let t = Instant::now();
     let tree = scratch.dir.join("src").join("tree");
     gen::source_tree(&tree, plan.tree_files, plan.tree_bytes, 0x7EE).expect("generate source tree");
@@ -496,25 +512,66 @@ fn main() {
         gen::write_random(&mut f, plan.big_file, 0xB16).expect("write big file");
     }
     report.sources_time = t.elapsed();
-    log(start, &format!("add sources written in {}", report::dur(report.sources_time)));
+    log(ctx.start, &format!("add sources written in {}", report::dur(report.sources_time)));
     report.benches.push(add_bench(
-        &ctx,
+        ctx,
         "add-tree",
         &format!("add a {} MiB tree of {} files", plan.tree_bytes >> 20, plan.tree_files),
         &tree,
-        &scratch.dir,
+        scratch,
         plan.io_runs,
         Target::Ratio(1.0),
     ));
     report.benches.push(add_bench(
-        &ctx,
+        ctx,
         "add-file",
         &format!("add one {} MiB file", plan.big_file >> 20),
         &big_file,
-        &scratch.dir,
+        scratch,
         plan.io_runs,
         Target::Ratio(1.3),
     ));
+}
+
+/// Where the bench executable's profile directory is (`<target>/release`).
+fn profile_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.to_path_buf())
+}
+
+fn main() {
+    let start = Instant::now();
+    let quick = env_flag("STOREBENCH_QUICK") || std::env::args().any(|a| a == "--quick");
+    let plan = Plan::new(quick);
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = std::env::var_os("STOREBENCH_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_overlay-store")));
+    assert!(bin.is_file(), "no overlay-store binary at {}", bin.display());
+    let phases = Phases::from_env();
+    // Only a full run of everything rewrites BENCHMARKS.md.
+    let out_path = match std::env::var_os("STOREBENCH_OUT") {
+        Some(p) => PathBuf::from(p),
+        None if quick || !phases.all() => {
+            profile_dir().unwrap_or_else(std::env::temp_dir).join(if quick { "storebench-quick.md" } else { "storebench-partial.md" })
+        }
+        None => manifest.join("BENCHMARKS.md"),
+    };
+    let base = std::env::var_os("STOREBENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let scratch = Scratch { dir: base.join(format!("storebench-{}", std::process::id())), keep: env_flag("STOREBENCH_KEEP") };
+    fs::create_dir_all(scratch.dir.join("home")).expect("create scratch dir");
+    let nix = Nix::detect(&scratch.dir.join("home"));
+    log(start, &format!("{} run; scratch {}; ours {}; Nix: {}", if quick { "quick" } else { "full" }, scratch.dir.display(), bin.display(), nix.as_ref().map_or("not found", |n| n.version.as_str())));
+    let mut report = Report::new(quick, nix.as_ref().map(|n| n.version.clone()), &scratch.dir, &manifest);
+    let ctx = Ctx { start, bin, nix };
+
+    if phases.queries {
+        query_phase(&ctx, &plan, &scratch, &mut report);
+    }
+    if phases.verify {
+        verify_phase(&ctx, &plan, &scratch, &mut report);
+    }
+    if phases.add {
+        add_phase(&ctx, &plan, &scratch, &mut report);
+    }
 
     report.total_time = start.elapsed();
     let text = report.render(&plan_summary(&plan));

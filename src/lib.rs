@@ -6,7 +6,9 @@
 //!   export streams, derivation outputs).
 //! - [`spec`]: the TOML store spec and Nix store URIs.
 //! - [`store`]: the stores themselves, on disk: the local store, the overlay store.
+//! - [`policy`]: the Lua host that implements the store's policy hooks.
 
 pub mod format;
+pub mod policy;
 pub mod spec;
 pub mod store;

@@ -73,6 +73,7 @@ fn report_json(r: &GcReport, sd: &overlay_store::format::StoreDir, dry_run: bool
     if dry_run {
         v["wouldDelete"] = json!(r.skipped.iter().map(|p| sd.display(p)).collect::<Vec<_>>());
     }
+    v["kept"] = json!(r.kept.iter().map(|(p, why)| json!({"path": sd.display(p), "reason": why})).collect::<Vec<_>>());
     if overlay {
         v["upper"] = json!({ "pathsDeleted": upper_paths + r.garbage.len(), "bytesFreed": r.bytes_freed });
         v["lowerRowsForgotten"] = json!(r.rows_only);
@@ -120,7 +121,10 @@ pub fn gc(opened: &mut Opened, spec: &StoreSpec, args: &GcArgs) -> CliResult {
         writeln!(out, "{}", report_json(&report, &sd, args.dry_run, overlay)).map_err(out_err)?;
     } else if args.dry_run {
         for p in &report.skipped {
-            writeln!(out, "{}", sd.display(p)).map_err(out_err)?;
+            writeln!(out, "delete {}", sd.display(p)).map_err(out_err)?;
+        }
+        for (p, why) in &report.kept {
+            writeln!(out, "keep {} ({why})", sd.display(p)).map_err(out_err)?;
         }
         writeln!(out, "{} store paths would be deleted", report.skipped.len()).map_err(out_err)?;
     } else {

@@ -20,6 +20,7 @@ use overlay_store::store::local::verify::{hash_path, modified_message, Fix, Veri
 use overlay_store::store::local::{LocalConfig, LocalStore};
 use overlay_store::store::overlay::{self, MountError, MountPlan, OpenOptions, OverlayStore};
 use overlay_store::format::StorePath;
+use overlay_store::policy::LuaPolicy;
 use overlay_store::store::local::gc::RealDirRemover;
 use overlay_store::store::local::repair::{self, RepairSource};
 use overlay_store::store::{Store, StoreError};
@@ -117,6 +118,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work with Lua policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Load a policy in the sandbox, check its hooks, and dry-run each on sample data.
+    /// Needs no store; exit 1 with FILE:LINE on a bad policy.
+    Check { file: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -148,6 +159,9 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Failed(String),
+    /// A policy that does not load: a configuration error.
+    #[error("{0}")]
+    Policy(String),
     /// The command already reported its problems; just exit 1.
     #[error("")]
     Reported,
@@ -156,7 +170,7 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) | CliError::Spec(_) => 2,
+            CliError::Usage(_) | CliError::Spec(_) | CliError::Policy(_) => 2,
             _ => 1,
         }
     }
@@ -210,12 +224,39 @@ pub enum Opened {
     Overlay(OverlayStore),
 }
 
+/// Loads the spec's Lua policy, if it names one.
+pub fn load_policy(spec: &StoreSpec) -> CliResult<Option<LuaPolicy>> {
+    match &spec.policy {
+        None => Ok(None),
+        Some(file) => LuaPolicy::load(file, &spec.policy_limits, Some(spec)).map(Some).map_err(|e| CliError::Policy(e.to_string())),
+    }
+}
+
 impl Opened {
     fn open(spec: &StoreSpec) -> CliResult<Opened> {
         match spec.kind {
-            StoreKind::Local => Ok(Opened::Local(LocalStore::open(LocalConfig::from_spec(spec))?)),
-            StoreKind::LocalOverlay => Ok(Opened::Overlay(OverlayStore::open(spec, OpenOptions::default())?)),
+            StoreKind::Local => {
+                if let Some(p) = &spec.policy {
+                    tracing::warn!("policy '{}' is not used: policies apply to local-overlay stores", p.display());
+                }
+                Ok(Opened::Local(LocalStore::open(LocalConfig::from_spec(spec))?))
+            }
+            StoreKind::LocalOverlay => {
+                let policy: Box<dyn overlay_store::store::overlay::OverlayPolicy> = match load_policy(spec)? {
+                    Some(p) => Box::new(p),
+                    None => Box::new(overlay_store::store::overlay::NixPolicy),
+                };
+                Ok(Opened::Overlay(OverlayStore::open_with_policy(spec, OpenOptions::default(), policy)?))
+            }
             StoreKind::Daemon => Err(CliError::Usage("a daemon store can only be used as a lower store".into())),
+        }
+    }
+
+    /// Hook failures whose safe default changed what the command did.
+    fn consequential_policy_failures(&self) -> usize {
+        match self {
+            Opened::Local(_) => 0,
+            Opened::Overlay(o) => o.policy().failures().iter().filter(|f| f.changed_outcome).count(),
         }
     }
 
@@ -258,9 +299,61 @@ fn out_err(e: io::Error) -> CliError {
     CliError::Store(StoreError::Io { path: "<stdout>".into(), source: e })
 }
 
+/// The store a command opened, kept so that policy failures can be checked at the end.
+#[derive(Default)]
+struct Session {
+    opened: Option<Opened>,
+}
+
+impl Session {
+    fn open(&mut self, spec: &StoreSpec) -> CliResult<&mut Opened> {
+        Ok(self.opened.insert(Opened::open(spec)?))
+    }
+}
+
 fn run(cli: Cli) -> CliResult {
+    if let Command::Policy(PolicyCommand::Check { file }) = &cli.command {
+        return policy_check(file);
+    }
+    let mut session = Session::default();
+    let result = run_command(cli, &mut session);
+    let failed_hooks = session.opened.as_ref().map(|o| o.consequential_policy_failures()).unwrap_or(0);
+    match result {
+        Ok(()) if failed_hooks > 0 => {
+            tracing::error!("{failed_hooks} policy hook call(s) failed and the safe default changed what this command did (see above)");
+            Err(CliError::Reported)
+        }
+        r => r,
+    }
+}
+
+fn policy_check(file: &std::path::Path) -> CliResult {
+    let limits = overlay_store::spec::PolicyLimits::default();
+    let results = overlay_store::policy::check::check(file, &limits).map_err(CliError::Failed)?;
+    let mut bad = 0;
+    for r in &results {
+        match &r.outcome {
+            Ok(what) => println!("ok    {}: {what}", r.hook),
+            Err(e) => {
+                bad += 1;
+                println!("FAIL  {}: {}", r.hook, e.message);
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(CliError::Failed(format!("{}: {bad} hook(s) failed on sample data", file.display())));
+    }
+    println!("{}: {} hook(s), all ran on sample data", file.display(), results.len());
+    Ok(())
+}
+
+fn run_command(cli: Cli, session: &mut Session) -> CliResult {
+    if let Command::Policy(_) = cli.command {
+        unreachable!("handled before a store is opened");
+    }
     let spec = load_spec(&cli)?;
     match cli.command {
+        Command::Policy(_) => unreachable!("handled before a store is opened"),
         Command::Uri => {
             println!("{}", spec.to_uri());
             Ok(())
@@ -268,7 +361,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Init => {
             match spec.kind {
                 StoreKind::LocalOverlay => overlay::init(&spec)?,
-                _ => drop(Opened::open(&spec)?),
+                _ => drop(session.open(&spec)?),
             }
             tracing::info!("initialised store at '{}'", spec.real.display());
             Ok(())
@@ -307,7 +400,7 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Add { paths } => {
-            let mut opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             let mut out = stdout();
             for p in paths {
                 let sp = ingest::add_path(opened.ingest(), &p)?;
@@ -316,7 +409,7 @@ fn run(cli: Cli) -> CliResult {
             out.flush().map_err(out_err)
         }
         Command::Dump { path } => {
-            let opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             let store = opened.store();
             let real = match paths::resolve(store, &path) {
                 Ok(sp) => store.real_path(&sp),
@@ -327,7 +420,7 @@ fn run(cli: Cli) -> CliResult {
             out.into_inner().map_err(|e| out_err(e.into_error()))?.flush().map_err(out_err)
         }
         Command::Import { file } => {
-            let mut opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             let mut input: Box<dyn Read> = match &file {
                 Some(f) => Box::new(std::fs::File::open(f).map_err(|e| StoreError::Io { path: f.clone(), source: e })?),
                 None => {
@@ -346,7 +439,7 @@ fn run(cli: Cli) -> CliResult {
             out.flush().map_err(out_err)
         }
         Command::Export { paths } => {
-            let opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             let store = opened.store();
             let sps = paths.iter().map(|p| paths::resolve(store, p)).collect::<CliResult<Vec<_>>>()?;
             let mut out = stdout();
@@ -354,15 +447,15 @@ fn run(cli: Cli) -> CliResult {
             out.flush().map_err(out_err)
         }
         Command::PathInfo(args) => {
-            let opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             output::path_info(opened.store(), &args)
         }
         Command::Query(args) => {
-            let opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             query::run(opened.store(), &args, &spec)
         }
         Command::PathFromHashPart { hash } => {
-            let opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             let store = opened.store();
             match store.path_from_hash_part(&hash)? {
                 Some(p) => {
@@ -373,20 +466,20 @@ fn run(cli: Cli) -> CliResult {
             }
         }
         Command::Delete { paths, json } => {
-            let mut opened = Opened::open(&spec)?;
-            gc::delete(&mut opened, &spec, &paths, json)
+            let opened = session.open(&spec)?;
+            gc::delete(opened, &spec, &paths, json)
         }
         Command::Gc(args) => {
-            let mut opened = Opened::open(&spec)?;
-            gc::gc(&mut opened, &spec, &args)
+            let opened = session.open(&spec)?;
+            gc::gc(opened, &spec, &args)
         }
         Command::Optimise { json } => {
-            let mut opened = Opened::open(&spec)?;
-            gc::optimise(&mut opened, json)
+            let opened = session.open(&spec)?;
+            gc::optimise(opened, json)
         }
         Command::Stats { json } => {
-            let mut opened = Opened::open(&spec)?;
-            let Opened::Overlay(store) = &mut opened else {
+            let opened = session.open(&spec)?;
+            let Opened::Overlay(store) = opened else {
                 return Err(CliError::Usage("stats reports per overlay layer; it applies to local-overlay stores".into()));
             };
             let st = store.stats(spec.gc.keep_derivations, spec.gc.keep_outputs)?;
@@ -405,12 +498,12 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Verify { check_contents, repair, repair_from } => {
-            let mut opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             let from = if repair { repair_from.as_deref() } else { None };
-            verify(&mut opened, check_contents, from)
+            verify(opened, check_contents, from)
         }
         Command::VerifyPath { paths } => {
-            let opened = Opened::open(&spec)?;
+            let opened = session.open(&spec)?;
             let store = opened.store();
             let mut bad = false;
             for p in &paths {

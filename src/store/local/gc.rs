@@ -36,6 +36,7 @@ use crate::store::local::lock::{FileLock, LockKind, PathLock};
 use crate::store::local::roots::{RootFinder, Roots};
 use crate::store::local::temproots::{gc_lock_path, gc_socket_path};
 use crate::store::local::LocalStore;
+use crate::store::overlay::GcChoice;
 use crate::store::{io_err, Result, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,8 +124,8 @@ pub trait GcTarget {
     }
     /// Narrows the dead set (a policy's `gc`); the engine keeps the closure of whatever
     /// is kept. The default deletes everything dead.
-    fn choose(&self, dead: Vec<DeadPath>) -> Result<Vec<StorePath>> {
-        Ok(dead.into_iter().map(|d| d.path).collect())
+    fn choose(&self, dead: Vec<DeadPath>) -> Result<GcChoice> {
+        Ok(GcChoice { delete: dead.into_iter().map(|d| d.path).collect(), reasons: Default::default() })
     }
     /// Where unclaimed entries are looked for.
     fn garbage_dir(&self) -> PathBuf;
@@ -148,8 +149,11 @@ pub struct GcReport {
     pub garbage: Vec<String>,
     pub bytes_freed: u64,
     pub remounted: bool,
-    /// Paths that would be deleted (dry run) or could not be (busy).
+    /// Paths that would be deleted (dry run).
     pub skipped: Vec<StorePath>,
+    /// Dead paths kept: by the policy (with its reason, when it gave one), or because a
+    /// kept path refers to them.
+    pub kept: Vec<(StorePath, String)>,
 }
 
 impl GcReport {
@@ -435,14 +439,29 @@ impl Collector<'_> {
                 }
             })
             .collect();
-        let chosen: HashSet<StorePath> = if matches!(opts.action, GcAction::Collect) {
-            self.target.choose(dead_infos)?.into_iter().collect()
+        let choice = if matches!(opts.action, GcAction::Collect) {
+            self.target.choose(dead_infos)?
         } else {
-            dead_infos.into_iter().map(|d| d.path).collect()
+            GcChoice { delete: dead_infos.into_iter().map(|d| d.path).collect(), reasons: Default::default() }
         };
+        let chosen: HashSet<StorePath> = choice.delete.iter().cloned().collect();
         let cand_set: HashSet<u32> = candidates.iter().copied().collect();
         let kept: Vec<u32> = candidates.iter().copied().filter(|&i| !chosen.contains(&g.paths[i as usize])).collect();
         let mut doomed = self.restrict(&g, &cand_set, &kept);
+        let kept_set: HashSet<u32> = kept.iter().copied().collect();
+        for &i in &candidates {
+            if doomed.contains(&i) {
+                continue;
+            }
+            let p = &g.paths[i as usize];
+            let why = if kept_set.contains(&i) {
+                choice.reasons.get(p).cloned().unwrap_or_else(|| "kept by the policy".into())
+            } else {
+                "referenced by a path the policy keeps".into()
+            };
+            report.kept.push((p.clone(), why));
+        }
+        report.kept.sort();
         let mut order = deletion_order(&g, &doomed);
 
         if opts.dry_run {

@@ -182,11 +182,11 @@ impl GcTarget for OverlayStore {
         Ok(self.lower.closure(&in_lower)?.into_iter().map(|i| i.path).collect())
     }
     fn extra_roots(&self) -> Result<Vec<StorePath>> {
-        self.policy.gc_roots()
+        self.policy.gc_roots(self)
     }
-    fn choose(&self, dead: Vec<crate::store::local::gc::DeadPath>) -> Result<Vec<StorePath>> {
+    fn choose(&self, dead: Vec<crate::store::local::gc::DeadPath>) -> Result<crate::store::overlay::GcChoice> {
         let in_lower: Vec<bool> = dead.iter().map(|d| fs::symlink_metadata(self.plan.lowerdir.join(d.path.basename())).is_ok()).collect();
-        self.policy.gc(dead, &in_lower)
+        self.policy.gc(self, dead, &in_lower)
     }
     fn garbage_dir(&self) -> PathBuf {
         self.upper_layer.clone()

@@ -22,6 +22,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::format::{StoreDir, StorePath};
+use crate::store::local::gc::DeadPath;
 use crate::spec::{StoreKind, StoreSpec};
 use crate::store::local::ingest::IngestTarget;
 use crate::store::local::{LocalConfig, LocalStore, Registration};
@@ -49,24 +50,46 @@ impl CopyUpReason {
 
 /// Engine decisions a policy may customise; every default is Nix's behaviour. The engine
 /// stays the guard: whatever a policy answers, live paths are kept and closures stay
-/// complete.
+/// complete. Each call gets the store, for read-only queries.
 pub trait OverlayPolicy {
     /// Whether to cache the closure of a lower path found by a validity query.
-    fn copy_up_on_query(&self, _info: &PathInfo) -> bool {
+    fn copy_up(&self, _store: &OverlayStore, _info: &PathInfo, _reason: CopyUpReason) -> bool {
         true
     }
     /// Extra GC roots.
-    fn gc_roots(&self) -> Result<Vec<StorePath>> {
+    fn gc_roots(&self, _store: &OverlayStore) -> Result<Vec<StorePath>> {
         Ok(Vec::new())
     }
-    /// Which dead paths to delete (`in_lower[i]`: whether `dead[i]` has lower files).
-    fn gc(&self, dead: Vec<crate::store::local::gc::DeadPath>, _in_lower: &[bool]) -> Result<Vec<StorePath>> {
-        Ok(dead.into_iter().map(|d| d.path).collect())
+    /// Which dead paths to delete (`in_lower[i]`: whether `dead[i]` has lower files), and
+    /// why others are kept (for `gc --dry-run`).
+    fn gc(&self, _store: &OverlayStore, dead: Vec<DeadPath>, _in_lower: &[bool]) -> Result<GcChoice> {
+        Ok(GcChoice { delete: dead.into_iter().map(|d| d.path).collect(), reasons: BTreeMap::new() })
     }
     /// Remounts the store itself; `Ok(false)` leaves it to `remount-hook` or the built-in remount.
     fn remount(&self, _store: &OverlayStore, _reason: &str) -> Result<bool> {
         Ok(false)
     }
+    /// Problems the policy had (a hook that failed and fell back to the safe default).
+    fn failures(&self) -> Vec<PolicyFailure> {
+        Vec::new()
+    }
+}
+
+/// What a policy's `gc` hook decided.
+#[derive(Debug, Default, Clone)]
+pub struct GcChoice {
+    pub delete: Vec<StorePath>,
+    /// Why a kept path is kept, when the policy says.
+    pub reasons: BTreeMap<StorePath, String>,
+}
+
+/// A hook that failed; `changed_outcome` is true when the safe default changed what the
+/// command did (GC kept everything, a remount fell back), which makes the command fail.
+#[derive(Debug, Clone)]
+pub struct PolicyFailure {
+    pub hook: String,
+    pub message: String,
+    pub changed_outcome: bool,
 }
 
 /// Nix's behaviour.
@@ -144,6 +167,12 @@ pub fn init(spec: &StoreSpec) -> Result<()> {
 
 impl OverlayStore {
     pub fn open(spec: &StoreSpec, opts: OpenOptions) -> Result<OverlayStore> {
+        Self::open_with_policy(spec, opts, Box::new(NixPolicy))
+    }
+
+    /// Opens with a policy in place from the start (it may be asked to remount at once,
+    /// to finish what a crashed operation left).
+    pub fn open_with_policy(spec: &StoreSpec, opts: OpenOptions, policy: Box<dyn OverlayPolicy>) -> Result<OverlayStore> {
         let plan = mount_plan(spec)?;
         let lower = open_lower(lower_spec(spec)?)?;
         if opts.check_mount && spec.check_mount {
@@ -162,7 +191,7 @@ impl OverlayStore {
             upper_layer: upper_layer(spec)?,
             remount_hook: spec.remount_hook.clone(),
             read_only,
-            policy: Box::new(NixPolicy),
+            policy,
         };
         if mounted {
             store.recover_pending_remount()?;
@@ -172,6 +201,10 @@ impl OverlayStore {
 
     pub fn set_policy(&mut self, policy: Box<dyn OverlayPolicy>) {
         self.policy = policy;
+    }
+
+    pub fn policy(&self) -> &dyn OverlayPolicy {
+        self.policy.as_ref()
     }
 
     pub fn upper(&self) -> &LocalStore {
@@ -238,7 +271,7 @@ impl Store for OverlayStore {
         let Some(info) = self.lower.path_info(path)? else {
             return Ok(false);
         };
-        if !self.read_only && self.policy.copy_up_on_query(&info) {
+        if !self.read_only && self.policy.copy_up(self, &info, CopyUpReason::Query) {
             self.copy_up(std::slice::from_ref(path))?;
         }
         Ok(true)

@@ -1,0 +1,169 @@
+//! The Lua state a policy runs in: Lua 5.4 with only the pure parts of the standard
+//! library, text chunks only, `require` confined to the policy's own directory, an
+//! instruction budget per hook call and a memory limit.
+
+use std::cell::{Cell, RefCell};
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use mlua::{ChunkMode, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+
+/// How often (in VM instructions) the budget is checked.
+const BUDGET_GRANULARITY: u32 = 1000;
+
+/// Per-state bookkeeping shared with the instruction hook.
+pub struct Budget {
+    pub used: Cell<u64>,
+    pub limit: Cell<u64>,
+}
+
+/// Files the policy loaded (the policy and every module it required), for watching.
+pub type LoadedFiles = Rc<RefCell<Vec<PathBuf>>>;
+
+/// Builds the sandboxed state. `dir` is the only directory `require` reads from.
+pub fn new_state(dir: &Path, instructions: u64, memory_bytes: usize, loaded: LoadedFiles) -> mlua::Result<(Lua, Rc<Budget>)> {
+    let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
+    let lua = Lua::new_with(libs, LuaOptions::new())?;
+    lua.set_memory_limit(memory_bytes)?;
+    let budget = Rc::new(Budget { used: Cell::new(0), limit: Cell::new(instructions) });
+    let b = budget.clone();
+    lua.set_hook(HookTriggers::new().every_nth_instruction(BUDGET_GRANULARITY), move |_lua, debug| {
+        let used = b.used.get() + BUDGET_GRANULARITY as u64;
+        b.used.set(used);
+        if used > b.limit.get() {
+            let src = debug.source().short_src.map(|s| s.to_string()).unwrap_or_default();
+            return Err(mlua::Error::RuntimeError(format!(
+                "{src}:{}: instruction budget exceeded ({} instructions; raise [policy-limits] instructions if this is intended)",
+                debug.curr_line(),
+                b.limit.get()
+            )));
+        }
+        Ok(VmState::Continue)
+    });
+    let g = lua.globals();
+    for name in ["dofile", "loadfile", "collectgarbage", "print"] {
+        g.raw_set(name, Value::Nil)?;
+    }
+    // `os`: only the clock.
+    let os: Table = g.get("os")?;
+    let safe_os = lua.create_table()?;
+    for f in ["time", "clock", "date", "difftime"] {
+        safe_os.set(f, os.get::<Value>(f)?)?;
+    }
+    g.set("os", safe_os)?;
+    // No bytecode in, none out.
+    let string: Table = g.get("string")?;
+    string.raw_set("dump", Value::Nil)?;
+    let load = lua.create_function(|lua, (chunk, name): (mlua::String, Option<String>)| {
+        let f = lua.load(chunk.as_bytes().to_vec()).set_mode(ChunkMode::Text).set_name(name.unwrap_or_else(|| "=(load)".into())).into_function();
+        match f {
+            Ok(f) => Ok((Value::Function(f), Value::Nil)),
+            Err(e) => Ok((Value::Nil, Value::String(lua.create_string(e.to_string())?))),
+        }
+    })?;
+    g.set("load", load)?;
+    install_require(&lua, dir, loaded)?;
+    Ok((lua, budget))
+}
+
+/// Resolves `a.b` to `<dir>/a/b.lua`, refusing anything that would leave `dir`.
+fn module_path(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') || name.contains("..") {
+        return Err(format!("module '{name}' is outside the policy's directory (use dotted names of files next to the policy)"));
+    }
+    let rel: PathBuf = name.split('.').collect::<PathBuf>().with_extension("lua");
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(format!("module '{name}' is outside the policy's directory"));
+    }
+    let p = dir.join(rel);
+    let real = fs::canonicalize(&p).map_err(|_| format!("module '{name}' not found (looked for '{}')", p.display()))?;
+    let real_dir = fs::canonicalize(dir).map_err(|e| e.to_string())?;
+    if !real.starts_with(&real_dir) {
+        return Err(format!("module '{name}' resolves outside the policy's directory"));
+    }
+    Ok(real)
+}
+
+fn install_require(lua: &Lua, dir: &Path, loaded: LoadedFiles) -> mlua::Result<()> {
+    let cache = lua.create_table()?;
+    let dir = dir.to_path_buf();
+    let require = lua.create_function(move |lua, name: String| {
+        if let Ok(v) = cache.get::<Value>(name.as_str()) {
+            if !v.is_nil() {
+                return Ok(v);
+            }
+        }
+        let path = module_path(&dir, &name).map_err(mlua::Error::RuntimeError)?;
+        let text = fs::read(&path).map_err(|e| mlua::Error::RuntimeError(format!("require '{name}': {e}")))?;
+        loaded.borrow_mut().push(path.clone());
+        let v: Value = lua.load(text).set_mode(ChunkMode::Text).set_name(format!("@{}", path.display())).eval()?;
+        let v = if v.is_nil() { Value::Boolean(true) } else { v };
+        cache.set(name.as_str(), v.clone())?;
+        Ok(v)
+    })?;
+    lua.globals().set("require", require)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(dir: &Path) -> Lua {
+        new_state(dir, 10_000_000, 16 << 20, Rc::default()).unwrap().0
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let lua = state(t.path());
+        for code in [
+            "os.execute('true')",
+            "io.open('/etc/passwd')",
+            "debug.getinfo(1)",
+            "dofile('/etc/passwd')",
+            "loadfile('/etc/passwd')",
+            "require('..evil')",
+            "require('/etc/passwd')",
+            "package.loadlib('x', 'y')",
+        ] {
+            assert!(lua.load(code).exec().is_err(), "{code} should fail");
+        }
+        // Bytecode is refused by load.
+        let r: (Value, Value) = lua.load("return load('\\27Lua')").eval().unwrap();
+        assert!(r.0.is_nil());
+        assert!(lua.load("return string.dump").eval::<Value>().unwrap().is_nil());
+    }
+
+    #[test]
+    fn budget_stops_a_loop() {
+        let t = tempfile::tempdir().unwrap();
+        let (lua, budget) = new_state(t.path(), 1_000_000, 16 << 20, Rc::default()).unwrap();
+        let e = lua.load("while true do end").exec().unwrap_err();
+        assert!(e.to_string().contains("instruction budget exceeded"), "{e}");
+        budget.used.set(0);
+        lua.load("local x = 0 for i = 1, 1000 do x = x + i end").exec().unwrap();
+    }
+
+    #[test]
+    fn memory_is_limited() {
+        let t = tempfile::tempdir().unwrap();
+        let (lua, _) = new_state(t.path(), u64::MAX, 4 << 20, Rc::default()).unwrap();
+        let e = lua.load("local t = {} for i = 1, 1e8 do t[i] = string.rep('x', 100) .. i end").exec().unwrap_err();
+        assert!(matches!(e, mlua::Error::MemoryError(_)), "{e}");
+    }
+
+    #[test]
+    fn require_reads_only_the_policy_dir() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("lib")).unwrap();
+        fs::write(t.path().join("lib/util.lua"), "return { answer = 42 }").unwrap();
+        let loaded: LoadedFiles = Rc::default();
+        let (lua, _) = new_state(t.path(), 1_000_000, 16 << 20, loaded.clone()).unwrap();
+        let n: i64 = lua.load("return require('lib.util').answer").eval().unwrap();
+        assert_eq!(n, 42);
+        assert_eq!(loaded.borrow().len(), 1);
+        std::os::unix::fs::symlink("/etc", t.path().join("etc")).unwrap();
+        assert!(lua.load("return require('etc.passwd')").exec().is_err());
+    }
+}
