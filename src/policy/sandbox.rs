@@ -94,7 +94,11 @@ fn install_require(lua: &Lua, dir: &Path, loaded: LoadedFiles) -> mlua::Result<(
                 return Ok(v);
             }
         }
-        let path = module_path(&dir, &name).map_err(mlua::Error::RuntimeError)?;
+        let at = lua
+            .inspect_stack(1)
+            .map(|d| format!("{}:{}: ", d.source().short_src.map(|s| s.to_string()).unwrap_or_default(), d.curr_line()))
+            .unwrap_or_default();
+        let path = module_path(&dir, &name).map_err(|e| mlua::Error::RuntimeError(format!("{at}{e}")))?;
         let text = fs::read(&path).map_err(|e| mlua::Error::RuntimeError(format!("require '{name}': {e}")))?;
         loaded.borrow_mut().push(path.clone());
         let v: Value = lua.load(text).set_mode(ChunkMode::Text).set_name(format!("@{}", path.display())).eval()?;
