@@ -349,7 +349,7 @@ fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Scratch, ru
     Bench {
         id: id.into(),
         title: title.into(),
-        store: "fresh store per program".into(),
+        store: "own store per program".into(),
         ours_cmd: ours.display(),
         nix_cmd: nix.as_ref().map(Invocation::display),
         ours: o,

@@ -39,6 +39,21 @@ NEW=$(os -c "$CFG" add README.md)
 echo "$NEW"
 echo "upper layer: $(ls -A var/upper | grep -v '^.links$' | tr '\n' ' ')"
 
+say "optimise: the lower store gets README.md too; the upper copy is removed, the overlay remounted"
+os --store "$LOWER" add README.md >/dev/null
+os -c "$CFG" optimise
+echo "upper layer: $(ls -A var/upper | grep -v '^.links$' | tr '\n' ' ')"
+
+say "gc: a rooted path survives, an unrooted one goes; the lower store is untouched"
+KEEP=$(os -c "$CFG" add examples/sample/share/README)
+mkdir -p var/merged/nix/var/nix/gcroots
+ln -sfn "$KEEP" var/merged/nix/var/nix/gcroots/quickstart
+GONE=$(os -c "$CFG" add config/default.toml)
+os -c "$CFG" gc --print-roots
+os -c "$CFG" gc
+echo "upper layer: $(ls -A var/upper | grep -v '^.links$' | tr '\n' ' ')"
+os -c "$CFG" stats
+
 say "verify every path the upper database registers, through the mount"
 os -c "$CFG" verify --check-contents
 
