@@ -7,8 +7,10 @@
 //! - [`spec`]: the TOML store spec and Nix store URIs.
 //! - [`store`]: the stores themselves, on disk: the local store, the overlay store.
 //! - [`policy`]: the Lua host that implements the store's policy hooks.
+//! - [`service`]: `watch`, the store as a long-running service.
 
 pub mod format;
 pub mod policy;
+pub mod service;
 pub mod spec;
 pub mod store;

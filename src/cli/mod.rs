@@ -6,6 +6,7 @@ mod logging;
 mod output;
 mod paths;
 mod query;
+mod watch;
 
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -121,6 +122,22 @@ enum Command {
     /// Work with Lua policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Move the overlay onto a new lower store without losing live upper closures.
+    Pivot {
+        /// The complete spec after the pivot (TOML file or URI): same upper layer, mount
+        /// point and state, another lower store. Your config is not rewritten: use this
+        /// spec afterwards.
+        #[arg(long = "to", value_name = "SPEC")]
+        to: String,
+        /// Print the plan (`copy <path>` / `drop <path>`) and change nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run as a service: keep the overlay mounted, reload the config and policy when they
+    /// change (remounting or pivoting when needed), and run scheduled GC and optimise.
+    Watch,
 }
 
 #[derive(Subcommand, Debug)]
@@ -465,6 +482,21 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
                 None => Err(CliError::Failed(format!("there is no store path with hash part '{hash}'"))),
             }
         }
+        Command::Pivot { to, dry_run, json } => {
+            let new_spec = if to.ends_with(".toml") { StoreSpec::from_file(std::path::Path::new(&to))? } else { StoreSpec::parse_arg(&to)? };
+            let opened = session.open(&spec)?;
+            let Opened::Overlay(store) = opened else {
+                return Err(CliError::Usage("pivot applies to local-overlay stores".into()));
+            };
+            pivot(store, &spec, &new_spec, dry_run, json)
+        }
+        Command::Watch => {
+            let file = cli.config.clone().or_else(|| std::env::var_os("OVERLAY_STORE_CONFIG").map(PathBuf::from));
+            let Some(file) = file else {
+                return Err(CliError::Usage("watch needs a config file to watch: pass --config FILE".into()));
+            };
+            crate::cli::watch::run(&file, spec)
+        }
         Command::Delete { paths, json } => {
             let opened = session.open(&spec)?;
             gc::delete(opened, &spec, &paths, json)
@@ -540,6 +572,44 @@ fn repair_source(arg: &str) -> CliResult<Result<Box<dyn Store>, PathBuf>> {
     }
     let spec = StoreSpec::parse_arg(arg)?;
     Ok(Ok(overlay::open_lower(&spec)?))
+}
+
+fn pivot(store: &mut OverlayStore, spec: &StoreSpec, new_spec: &StoreSpec, dry_run: bool, json: bool) -> CliResult {
+    let plan = store.plan_pivot(new_spec, spec.gc.keep_derivations, spec.gc.keep_outputs)?;
+    let sd = store.store_dir().clone();
+    let copy_bytes: u64 = plan.copies().map(|e| e.nar_size).sum();
+    let summary = format!(
+        "{} paths to copy up ({:.2} MiB), {} to drop, {} refreshed from the new lower store",
+        plan.copies().count(),
+        copy_bytes as f64 / 1048576.0,
+        plan.drops().count(),
+        plan.refreshed.len()
+    );
+    let mut out = stdout();
+    if json {
+        let v = serde_json::json!({
+            "dryRun": dry_run,
+            "from": plan.old_lowerdir,
+            "to": plan.new_lowerdir,
+            "copy": plan.copies().map(|e| sd.display(&e.path)).collect::<Vec<_>>(),
+            "drop": plan.drops().map(|e| sd.display(&e.path)).collect::<Vec<_>>(),
+            "refreshed": plan.refreshed.iter().map(|p| sd.display(p)).collect::<Vec<_>>(),
+            "copyBytes": copy_bytes,
+        });
+        writeln!(out, "{v}").map_err(out_err)?;
+    } else if dry_run {
+        for e in &plan.entries {
+            writeln!(out, "{} {}", e.action.as_str(), sd.display(&e.path)).map_err(out_err)?;
+        }
+        writeln!(out, "{summary}").map_err(out_err)?;
+    }
+    out.flush().map_err(out_err)?;
+    if dry_run {
+        return Ok(());
+    }
+    store.pivot(new_spec, &plan)?;
+    tracing::info!("pivoted to '{}': {summary}", plan.new_lowerdir.display());
+    Ok(())
 }
 
 fn verify(opened: &mut Opened, check_contents: bool, repair_from: Option<&str>) -> CliResult {

@@ -328,6 +328,30 @@ impl LuaPolicy {
     }
 }
 
+impl LuaPolicy {
+    /// `remount(ctx)` for a config change under `watch`: `ctx.old` and `ctx.new` are the
+    /// configs as tables.
+    pub fn hook_remount_change(&self, host: &dyn PolicyHost, old: &StoreSpec, new: &StoreSpec) -> Result<Option<bool>, HookError> {
+        self.call(
+            host,
+            "remount",
+            |lua| {
+                let ctx = lua.create_table()?;
+                ctx.set("store_dir", new.real.display().to_string())?;
+                ctx.set("reason", "config")?;
+                ctx.set("old", api::spec_table(lua, old)?)?;
+                ctx.set("new", api::spec_table(lua, new)?)?;
+                Ok(mlua::MultiValue::from_vec(vec![Value::Table(ctx)]))
+            },
+            |_, vals| match vals.into_iter().next().unwrap_or(Value::Nil) {
+                Value::Nil | Value::Boolean(true) => Ok(true),
+                Value::Boolean(false) => Ok(false),
+                other => Err(format!("{} (expected nothing or a boolean)", type_name(&other))),
+            },
+        )
+    }
+}
+
 impl OverlayPolicy for LuaPolicy {
     fn copy_up(&self, store: &OverlayStore, info: &PathInfo, reason: CopyUpReason) -> bool {
         match self.hook_copy_up(store, info, reason) {
@@ -377,6 +401,10 @@ impl OverlayPolicy for LuaPolicy {
                 Ok(false)
             }
         }
+    }
+
+    fn pivot(&self, store: &OverlayStore, affected: &[(StorePath, bool)]) -> Option<BTreeMap<StorePath, String>> {
+        LuaPolicy::pivot(self, store, affected)
     }
 
     fn failures(&self) -> Vec<PolicyFailure> {

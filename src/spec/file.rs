@@ -44,7 +44,7 @@ const STORE_KEYS: &[&str] = &[
 ];
 const MOUNT_KEYS: &[&str] = &["workdir", "options"];
 const GC_KEYS: &[&str] = &["keep-derivations", "keep-outputs"];
-const WATCH_KEYS: &[&str] = &["debounce-ms"];
+const WATCH_KEYS: &[&str] = &["debounce-ms", "gc-interval-secs", "optimise-interval-secs"];
 const POLICY_LIMITS_KEYS: &[&str] = &["instructions", "memory-mib"];
 
 /// Whether a `--store` argument or `lower-store` string names a spec file
@@ -798,6 +798,12 @@ fn watch(site: &Site, e: &Entry, pos: Pos, r: &Reader) -> Result<WatchSpec, Spec
         match sub.key.as_str() {
             "debounce-ms" => {
                 watch.debounce_ms = integer(site, "watch.debounce-ms", &sub.value, spos, 0)?
+            }
+            "gc-interval-secs" => {
+                watch.gc_interval_secs = Some(integer(site, "watch.gc-interval-secs", &sub.value, spos, 1)?)
+            }
+            "optimise-interval-secs" => {
+                watch.optimise_interval_secs = Some(integer(site, "watch.optimise-interval-secs", &sub.value, spos, 1)?)
             }
             other => return Err(unknown(site, "watch", other, spos, WATCH_KEYS)),
         }

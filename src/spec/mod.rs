@@ -165,12 +165,18 @@ pub struct WatchSpec {
     /// Quiet time after a file event before reloading, so an editor's
     /// burst of writes is one reload.
     pub debounce_ms: u64,
+    /// Run a GC this often under `watch` (none by default).
+    pub gc_interval_secs: Option<u64>,
+    /// Run `optimise` this often under `watch` (none by default).
+    pub optimise_interval_secs: Option<u64>,
 }
 
 impl Default for WatchSpec {
     fn default() -> Self {
         WatchSpec {
             debounce_ms: DEFAULT_DEBOUNCE_MS,
+            gc_interval_secs: None,
+            optimise_interval_secs: None,
         }
     }
 }

@@ -718,7 +718,7 @@ fn other_top_level_tables() {
             keep_outputs: true
         }
     );
-    assert_eq!(s.watch, WatchSpec { debounce_ms: 0 });
+    assert_eq!(s.watch, WatchSpec { debounce_ms: 0, ..WatchSpec::default() });
     assert_eq!(
         s.policy_limits,
         PolicyLimits {

@@ -326,14 +326,39 @@ impl Database {
     /// references; every reference must be valid already or be in the batch, and the
     /// batch must not form a cycle.
     pub fn register(&self, batch: &[Registration]) -> Result<()> {
+        crate::store::topo_sort(batch.iter().map(|r| r.info.clone()).collect())?;
+        self.in_tx(|| self.register_in_tx(batch))
+    }
+
+    /// Runs `f` in a transaction, or inside the caller's when one is open (so several
+    /// changes can commit together). `&self`: a validity query may copy lower metadata
+    /// up; the connection is never shared across threads.
+    pub fn in_tx<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if !self.conn.is_autocommit() {
+            return f();
+        }
+        self.conn.execute_batch("begin immediate").map_err(self.err())?;
+        match f() {
+            Ok(v) => {
+                if let Err(e) = self.conn.execute_batch("commit") {
+                    let _ = self.conn.execute_batch("rollback");
+                    return Err(self.err()(e));
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("rollback");
+                Err(e)
+            }
+        }
+    }
+
+    fn register_in_tx(&self, batch: &[Registration]) -> Result<()> {
         let path = self.path.clone();
         let store_dir = self.store_dir.clone();
         let err = |source| StoreError::Db { path: path.clone(), source };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        crate::store::topo_sort(batch.iter().map(|r| r.info.clone()).collect())?;
-        // `&self`: a validity query may copy lower metadata up; the connection is not
-        // shared across threads, so no other transaction can be open on it.
-        let tx = self.conn.unchecked_transaction().map_err(err)?;
+        let tx = &self.conn;
         let mut ids: HashMap<&StorePath, i64> = HashMap::new();
         {
             let mut find = tx.prepare_cached("select id from ValidPaths where path = ?").map_err(err)?;
@@ -399,7 +424,7 @@ impl Database {
                 }
             }
         }
-        tx.commit().map_err(err)
+        Ok(())
     }
 
     /// Deletes rows (referrers must go first or in the same call), in one transaction.
@@ -526,13 +551,12 @@ impl Database {
 impl Database {
     /// Deletes rows in the given order (referrers first) in one transaction.
     pub fn delete_paths_in_order(&self, paths: &[StorePath]) -> Result<()> {
-        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
-        {
-            let mut del = tx.prepare_cached("delete from ValidPaths where path = ?").map_err(self.err())?;
+        self.in_tx(|| {
+            let mut del = self.conn.prepare_cached("delete from ValidPaths where path = ?").map_err(self.err())?;
             for p in paths {
                 del.execute([self.store_dir.display(p)]).map_err(self.err())?;
             }
-        }
-        tx.commit().map_err(self.err())
+            Ok(())
+        })
     }
 }

@@ -15,6 +15,7 @@ pub mod copy_up;
 pub mod delete;
 pub mod mount;
 pub mod mountinfo;
+pub mod pivot;
 pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +69,11 @@ pub trait OverlayPolicy {
     /// Remounts the store itself; `Ok(false)` leaves it to `remount-hook` or the built-in remount.
     fn remount(&self, _store: &OverlayStore, _reason: &str) -> Result<bool> {
         Ok(false)
+    }
+    /// For a pivot: per affected path (with whether it is live), "copy" or "drop";
+    /// `None` for the default plan.
+    fn pivot(&self, _store: &OverlayStore, _affected: &[(StorePath, bool)]) -> Option<BTreeMap<StorePath, String>> {
+        None
     }
     /// Problems the policy had (a hook that failed and fell back to the safe default).
     fn failures(&self) -> Vec<PolicyFailure> {
@@ -175,6 +181,9 @@ impl OverlayStore {
     pub fn open_with_policy(spec: &StoreSpec, opts: OpenOptions, policy: Box<dyn OverlayPolicy>) -> Result<OverlayStore> {
         let plan = mount_plan(spec)?;
         let lower = open_lower(lower_spec(spec)?)?;
+        if !opts.read_only && !spec.read_only {
+            OverlayStore::recover_pivot(&plan, &upper_layer(spec)?, &spec.state)?;
+        }
         if opts.check_mount && spec.check_mount {
             plan.check()?;
         }

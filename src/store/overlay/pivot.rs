@@ -1,0 +1,338 @@
+//! Pivot: moving an overlay onto a new lower store (a rotated base image, an upgraded
+//! shared disk) without losing live upper closures.
+//!
+//! Rows of the upper database whose files only the old lower store has would dangle.
+//! The plan decides per path: live ones are copied into the upper layer, dead ones are
+//! dropped (with their referrers, which are dead too); a policy's `pivot` hook may
+//! decide otherwise, except that a live path is always copied. Rows the new lower store
+//! provides are refreshed from it. Execution stages the copies while the old mount
+//! serves, swaps the mounts, and commits the database changes in one transaction. A
+//! journal in the state directory lets the next open restore the old mount if the pivot
+//! died half-way; until the commit, nothing the old setup relies on has changed.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::format::hash::{HashAlgo, HashSink};
+use crate::format::nar;
+use crate::format::StorePath;
+use crate::spec::StoreSpec;
+use crate::store::local::canonicalise::remove_tree;
+use crate::store::local::gc::{remove_tree_counting, Collector, GcAction, GcOptions, GcTarget};
+use crate::store::local::lock::{FileLock, LockKind};
+use crate::store::local::temproots::gc_lock_path;
+use crate::store::local::Registration;
+use crate::store::overlay::{copy_up, mount_plan, open_lower, MountPlan, OverlayStore};
+use crate::store::{io_err, Result, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PivotAction {
+    Copy,
+    Drop,
+}
+
+impl PivotAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PivotAction::Copy => "copy",
+            PivotAction::Drop => "drop",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PivotEntry {
+    pub path: StorePath,
+    pub live: bool,
+    pub action: PivotAction,
+    pub nar_size: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PivotPlan {
+    /// Paths whose files only the old lower store has, and what happens to each.
+    pub entries: Vec<PivotEntry>,
+    /// Rows the new lower store provides (their metadata is refreshed from it).
+    pub refreshed: Vec<StorePath>,
+    pub old_lowerdir: PathBuf,
+    pub new_lowerdir: PathBuf,
+}
+
+impl PivotPlan {
+    pub fn copies(&self) -> impl Iterator<Item = &PivotEntry> {
+        self.entries.iter().filter(|e| e.action == PivotAction::Copy)
+    }
+    pub fn drops(&self) -> impl Iterator<Item = &PivotEntry> {
+        self.entries.iter().filter(|e| e.action == PivotAction::Drop)
+    }
+}
+
+/// `${state}/pivot-in-progress`: `<old lowerdir>\n<new lowerdir>\n` while a pivot runs.
+pub fn journal_path(state: &Path) -> PathBuf {
+    state.join("pivot-in-progress")
+}
+
+fn staging_dir(upper_layer: &Path) -> PathBuf {
+    upper_layer.join(".overlay-store-pivot")
+}
+
+/// The new spec must describe the same overlay with another lower store.
+fn check_same_overlay(old: &MountPlan, state: &Path, new: &StoreSpec) -> Result<MountPlan> {
+    let plan = mount_plan(new)?;
+    if plan.real != old.real || plan.upperdir != old.upperdir || new.state != state {
+        return Err(StoreError::Other(
+            "pivot --to needs a spec with the same mount point (real), upper-layer and state; only the lower store may change".into(),
+        ));
+    }
+    if plan.lowerdir == old.lowerdir {
+        return Err(StoreError::Other(format!("the new spec has the same lower store directory '{}': nothing to pivot", plan.lowerdir.display())));
+    }
+    Ok(plan)
+}
+
+impl OverlayStore {
+    /// Works out what a pivot to `new_spec` would do. Changes nothing.
+    pub fn plan_pivot(&mut self, new_spec: &StoreSpec, keep_derivations: bool, keep_outputs: bool) -> Result<PivotPlan> {
+        let new_plan = check_same_overlay(&self.plan, &self.upper.config().state, new_spec)?;
+        let new_lower = open_lower(new_spec.lower_store.as_deref().expect("checked by mount_plan"))?;
+        let infos = self.upper.db().all_infos()?;
+        let opts = GcOptions { action: GcAction::Collect, max_freed: None, dry_run: true, keep_derivations, keep_outputs };
+        let mut quiet = |_: &str| {};
+        let live: HashSet<StorePath> = Collector { target: self as &mut dyn GcTarget, notice: &mut quiet }.run(&opts)?.live.into_iter().collect();
+        let mut plan = PivotPlan { old_lowerdir: self.plan.lowerdir.clone(), new_lowerdir: new_plan.lowerdir.clone(), ..Default::default() };
+        let mut affected = Vec::new();
+        for info in &infos {
+            let name = info.path.basename();
+            if fs::symlink_metadata(self.upper_layer.join(name)).is_ok() {
+                continue;
+            }
+            let in_new = new_lower.path_info(&info.path)?.is_some() && fs::symlink_metadata(new_plan.lowerdir.join(name)).is_ok();
+            if in_new {
+                plan.refreshed.push(info.path.clone());
+            } else {
+                affected.push((info.path.clone(), live.contains(&info.path), info.nar_size));
+            }
+        }
+        let decided = self.policy_pivot(&affected);
+        for (path, is_live, size) in affected {
+            let mut action = if is_live { PivotAction::Copy } else { PivotAction::Drop };
+            if let Some(d) = decided.as_ref().and_then(|m| m.get(&path)) {
+                action = if d == "copy" { PivotAction::Copy } else { PivotAction::Drop };
+            }
+            if is_live && action == PivotAction::Drop {
+                tracing::warn!("the pivot policy asked to drop live path '{}'; copying it instead", self.store_dir().display(&path));
+                action = PivotAction::Copy;
+            }
+            plan.entries.push(PivotEntry { path, live: is_live, action, nar_size: size });
+        }
+        // A dropped row takes its referrers with it (they are dead too: a live referrer
+        // would make it live), including upper ones.
+        let graph = self.upper.db().load_graph()?;
+        let mut dropped: HashSet<StorePath> = plan.drops().map(|e| e.path.clone()).collect();
+        let mut stack: Vec<StorePath> = dropped.iter().cloned().collect();
+        while let Some(p) = stack.pop() {
+            let Some(&i) = graph.index.get(&p) else { continue };
+            for &r in &graph.referrers[i as usize] {
+                let rp = graph.paths[r as usize].clone();
+                if !dropped.contains(&rp) && !live.contains(&rp) {
+                    dropped.insert(rp.clone());
+                    stack.push(rp.clone());
+                    if let Some(e) = plan.entries.iter_mut().find(|e| e.path == rp) {
+                        e.action = PivotAction::Drop;
+                    } else {
+                        plan.refreshed.retain(|x| x != &rp);
+                        plan.entries.push(PivotEntry { path: rp.clone(), live: false, action: PivotAction::Drop, nar_size: graph.nar_size[r as usize] });
+                    }
+                }
+            }
+        }
+        plan.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(plan)
+    }
+
+    fn policy_pivot(&self, affected: &[(StorePath, bool, u64)]) -> Option<BTreeMap<StorePath, String>> {
+        let list: Vec<(StorePath, bool)> = affected.iter().map(|(p, l, _)| (p.clone(), *l)).collect();
+        self.policy.pivot(self, &list)
+    }
+
+    /// Carries out `plan`: afterwards the overlay is mounted on the new lower store and
+    /// the database describes it. On failure before the commit the old mount is restored.
+    pub fn pivot(&mut self, new_spec: &StoreSpec, plan: &PivotPlan) -> Result<()> {
+        let new_plan = check_same_overlay(&self.plan, &self.upper.config().state, new_spec)?;
+        if self.plan.workdir.is_none() {
+            return Err(StoreError::Other("pivot moves the mount: the spec needs a [mount] table (with workdir)".into()));
+        }
+        let state = self.upper.config().state.clone();
+        let lock_path = gc_lock_path(&state);
+        let _gc = match FileLock::acquire(&lock_path, LockKind::Exclusive, false).map_err(io_err(&lock_path))? {
+            Some(l) => l,
+            None => {
+                tracing::info!("waiting for a running garbage collection to finish before pivoting");
+                FileLock::acquire(&lock_path, LockKind::Exclusive, true).map_err(io_err(&lock_path))?.expect("blocking")
+            }
+        };
+        let journal = journal_path(&state);
+        fs::write(&journal, format!("{}\n{}\n", self.plan.lowerdir.display(), new_plan.lowerdir.display())).map_err(io_err(&journal))?;
+
+        // 1. Stage copies of the files only the old lower store has, checked against their rows.
+        let staging = staging_dir(&self.upper_layer);
+        let _ = remove_tree(&staging);
+        fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+        let staged = (|| -> Result<Vec<StorePath>> {
+            let mut staged = Vec::new();
+            for e in plan.copies() {
+                let src = self.plan.lowerdir.join(e.path.basename());
+                let dst = staging.join(e.path.basename());
+                let (hash, _) = nar::dump_path_copying(&src, &dst, HashSink::new(HashAlgo::Sha256)).map_err(io_err(&src))?.finish();
+                let info = self.upper.db().path_info(&e.path)?.ok_or_else(|| StoreError::NotValid(self.store_dir().display(&e.path)))?;
+                if hash != info.nar_hash {
+                    return Err(StoreError::Other(format!(
+                        "cannot copy '{}' up: its files in the old lower store do not match its recorded hash",
+                        self.store_dir().display(&e.path)
+                    )));
+                }
+                staged.push(e.path.clone());
+            }
+            Ok(staged)
+        })();
+        let staged = match staged {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = remove_tree(&staging);
+                let _ = fs::remove_file(&journal);
+                return Err(e);
+            }
+        };
+
+        // 2. Swap the mounts, moving the copies into the upper layer while nothing is mounted.
+        let old_plan = self.plan.clone();
+        let swap = (|| -> Result<()> {
+            old_plan.umount()?;
+            for p in &staged {
+                let to = self.upper_layer.join(p.basename());
+                fs::rename(staging.join(p.basename()), &to).map_err(io_err(&to))?;
+            }
+            new_plan.mount()?;
+            new_plan.check()?;
+            Ok(())
+        })();
+        if let Err(e) = swap {
+            let _ = new_plan.umount();
+            for p in &staged {
+                let _ = remove_tree(&self.upper_layer.join(p.basename()));
+            }
+            let _ = remove_tree(&staging);
+            let back = old_plan.mount();
+            let _ = fs::remove_file(&journal);
+            return Err(StoreError::Other(format!(
+                "pivot failed while moving the mount: {e}; {}",
+                match back {
+                    Ok(_) => "the old mount is back".to_string(),
+                    Err(b) => format!("and the old mount could not be restored: {b}"),
+                }
+            )));
+        }
+        let _ = remove_tree(&staging);
+
+        // 3. The database, in one transaction: drop rows, refresh from the new lower store.
+        let new_lower = open_lower(new_spec.lower_store.as_deref().expect("checked"))?;
+        let db_result = (|| -> Result<()> {
+            let graph = self.upper.db().load_graph()?;
+            let drop: HashSet<StorePath> = plan.drops().map(|e| e.path.clone()).collect();
+            let order: Vec<StorePath> = referrers_first(&graph, &drop);
+            let mut regs = Vec::new();
+            for p in &plan.refreshed {
+                if let Some(info) = new_lower.path_info(p)? {
+                    let drv_outputs = if p.is_derivation() { new_lower.derivation_outputs(p)?.into_iter().collect() } else { Vec::new() };
+                    regs.push(Registration { info, drv_outputs });
+                }
+            }
+            let refs: BTreeSet<StorePath> = regs.iter().flat_map(|r| r.info.references.iter().cloned()).collect();
+            let db = self.upper.db();
+            db.in_tx(|| {
+                db.delete_paths_in_order(&order)?;
+                let mut all = copy_up::lower_closure_registrations(&self.upper, new_lower.as_ref(), refs)?;
+                all.extend(regs);
+                if !all.is_empty() {
+                    db.register(&all)?;
+                }
+                Ok(())
+            })
+        })();
+        if let Err(e) = db_result {
+            let _ = new_plan.umount();
+            for p in &staged {
+                let _ = remove_tree(&self.upper_layer.join(p.basename()));
+            }
+            let back = old_plan.mount();
+            let _ = fs::remove_file(&journal);
+            return Err(StoreError::Other(format!(
+                "pivot failed updating the database (nothing committed): {e}; {}",
+                if back.is_ok() { "the old mount is back" } else { "the old mount could not be restored" }
+            )));
+        }
+        let _ = fs::remove_file(&journal);
+        // Dropped rows' upper files are now unclaimed; remove them through the new mount.
+        for e in plan.drops() {
+            let up = self.upper_layer.join(e.path.basename());
+            if fs::symlink_metadata(&up).is_ok() {
+                let _ = remove_tree_counting(&self.plan.real.join(e.path.basename()));
+            }
+        }
+        self.plan = new_plan;
+        self.lower = new_lower;
+        Ok(())
+    }
+
+    /// After a pivot that died before its commit: put the old mount back.
+    pub(crate) fn recover_pivot(plan: &MountPlan, upper_layer: &Path, state: &Path) -> Result<()> {
+        let journal = journal_path(state);
+        let Ok(text) = fs::read_to_string(&journal) else { return Ok(()) };
+        let mut lines = text.lines();
+        let (old, new) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+        if Path::new(old) != plan.lowerdir {
+            tracing::warn!(
+                "a pivot from '{old}' to '{new}' was interrupted; this spec names another lower store, so it is left as it is (re-run the pivot)"
+            );
+            return Ok(());
+        }
+        tracing::warn!("a pivot from '{old}' to '{new}' was interrupted before it committed: restoring the old mount");
+        let _ = remove_tree(&staging_dir(upper_layer));
+        if let crate::store::overlay::MountState::Wrong { .. } = plan.state()? {
+            let wrong = MountPlan { lowerdir: PathBuf::from(new), ..plan.clone() };
+            wrong.umount()?;
+        }
+        if plan.workdir.is_some() {
+            plan.mount()?;
+        }
+        let _ = fs::remove_file(&journal);
+        Ok(())
+    }
+}
+
+/// `set`'s paths ordered referrers first.
+fn referrers_first(g: &crate::store::local::db::Graph, set: &HashSet<StorePath>) -> Vec<StorePath> {
+    let mut order = Vec::new();
+    let mut done: HashSet<StorePath> = HashSet::new();
+    fn visit(g: &crate::store::local::db::Graph, p: &StorePath, set: &HashSet<StorePath>, done: &mut HashSet<StorePath>, order: &mut Vec<StorePath>) {
+        if !done.insert(p.clone()) {
+            return;
+        }
+        if let Some(&i) = g.index.get(p) {
+            for &r in &g.referrers[i as usize] {
+                let rp = &g.paths[r as usize];
+                if rp != p && set.contains(rp) {
+                    visit(g, rp, set, done, order);
+                }
+            }
+        }
+        order.push(p.clone());
+    }
+    let mut sorted: Vec<&StorePath> = set.iter().collect();
+    sorted.sort();
+    for p in sorted {
+        visit(g, p, set, &mut done, &mut order);
+    }
+    order
+}
