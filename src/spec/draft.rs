@@ -130,6 +130,7 @@ pub(crate) struct Draft {
     pub remount_hook: Option<At<PathBuf>>,
     pub policy: Option<At<PathBuf>>,
     pub socket: Option<At<PathBuf>>,
+    pub timeout_secs: Option<At<u64>>,
     pub lower_store: Option<At<StoreSpec>>,
     pub mount: Option<At<MountSpec>>,
     pub gc: Option<GcSpec>,
@@ -168,7 +169,8 @@ impl Draft {
 
         // Settings that only some kinds have.
         use StoreKind::*;
-        let restricted: [(&str, Option<Pos>, &[StoreKind]); 7] = [
+        let restricted: [(&str, Option<Pos>, &[StoreKind]); 8] = [
+            ("timeout-secs", pos_of(&self.timeout_secs), &[Daemon]),
             ("upper-layer", pos_of(&self.upper_layer), &[LocalOverlay]),
             ("lower-store", pos_of(&self.lower_store), &[LocalOverlay]),
             ("check-mount", pos_of(&self.check_mount), &[LocalOverlay]),
@@ -350,6 +352,7 @@ impl Draft {
             remount_hook: self.remount_hook.map(|a| a.value),
             policy: self.policy.map(|a| a.value),
             socket,
+            timeout_secs: self.timeout_secs.map_or(crate::spec::DEFAULT_DAEMON_TIMEOUT_SECS, |a| a.value),
             lower_store: self.lower_store.map(|a| Box::new(a.value)),
             mount: self.mount.map(|a| a.value),
             gc: self.gc.unwrap_or_default(),

@@ -36,6 +36,7 @@ const STORE_KEYS: &[&str] = &[
     "remount-hook",
     "policy",
     "socket",
+    "timeout-secs",
     "lower-store",
     "mount",
     "gc",
@@ -397,6 +398,7 @@ impl Reader<'_> {
                 }
                 "remount-hook" => d.remount_hook = Some(self.path(&site, key, e, pos, true)?),
                 "socket" => d.socket = Some(self.path(&site, key, e, pos, true)?),
+                "timeout-secs" => d.timeout_secs = Some(At { value: integer(&site, key, &e.value, pos, 1)?, pos }),
                 "check-mount" => d.check_mount = Some(boolean(&site, key, &e.value, pos)?),
                 "read-only" => d.read_only = Some(boolean(&site, key, &e.value, pos)?),
                 "immutable" => d.immutable = Some(boolean(&site, key, &e.value, pos)?),

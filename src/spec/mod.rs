@@ -93,6 +93,8 @@ pub const DEFAULT_STATE_DIR: &str = "/nix/var/nix";
 pub const DEFAULT_LOG_DIR: &str = "/nix/var/log/nix";
 /// Nix's default daemon socket (`NIX_DAEMON_SOCKET_PATH` is left to callers).
 pub const DEFAULT_DAEMON_SOCKET: &str = "/nix/var/nix/daemon-socket/socket";
+/// Default `timeout-secs` of a daemon store.
+pub const DEFAULT_DAEMON_TIMEOUT_SECS: u64 = 60;
 /// Default `[watch] debounce-ms`.
 pub const DEFAULT_DEBOUNCE_MS: u64 = 200;
 /// Default `[policy-limits] instructions`: ends a runaway hook in about a second.
@@ -234,6 +236,8 @@ pub struct StoreSpec {
     pub policy: Option<PathBuf>,
     /// Daemon socket; always `Some` for `Daemon`, `None` otherwise.
     pub socket: Option<PathBuf>,
+    /// Daemon only: how long to wait for any reply before giving up (`timeout-secs`).
+    pub timeout_secs: u64,
     /// Always `Some` for `LocalOverlay`, `None` otherwise.
     pub lower_store: Option<Box<StoreSpec>>,
     pub mount: Option<MountSpec>,

@@ -3,6 +3,7 @@
 //! [`Store`] is the read interface both present to the CLI and to policies; each store
 //! type adds its own mutating operations.
 
+pub mod daemon;
 pub mod local;
 pub mod overlay;
 

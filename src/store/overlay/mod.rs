@@ -135,7 +135,7 @@ pub fn open_lower(spec: &StoreSpec) -> Result<Box<dyn Store>> {
             Ok(Box::new(LocalStore::open(config)?))
         }
         StoreKind::LocalOverlay => Ok(Box::new(OverlayStore::open(spec, OpenOptions { check_mount: true, read_only: true })?)),
-        StoreKind::Daemon => Err(StoreError::Other("a daemon lower store is not supported yet".into())),
+        StoreKind::Daemon => Ok(Box::new(crate::store::daemon::DaemonStore::open(spec)?)),
     }
 }
 
