@@ -36,7 +36,7 @@ use overlay_store::store::Store;
 
 use gen::{GraphShape, Generated};
 use report::{Bench, Flat, Report, Target};
-use run::{interleaved, Invocation, Side};
+use run::{interleaved, CpuMeter, Invocation, Side};
 
 /// Everything that differs between a full and a quick run.
 struct Plan {
@@ -196,6 +196,8 @@ enum Expect {
     JsonPaths(usize),
     /// Both print the same text.
     Same,
+    /// Both succeed.
+    Any,
 }
 
 /// One untimed run of each side, checking their answers; problems become notes.
@@ -242,6 +244,7 @@ fn check_outputs(ours: &Invocation, nix: Option<&Invocation>, expect: Expect) ->
                 }
             }
         }
+        Expect::Any => {}
         Expect::Same => {
             if let Some(n) = &n {
                 if n.trim() != o.trim() {
@@ -265,8 +268,10 @@ impl Ctx {
     fn query(&self, id: &str, title: &str, store: &str, ours: Invocation, nix: Option<Invocation>, expect: Expect, runs: usize, target: Target) -> Bench {
         log(self.start, &format!("{title} [{store}]"));
         let notes = check_outputs(&ours, nix.as_ref(), expect);
+        let meter = CpuMeter::start();
         let (o, n) = interleaved(&ours, nix.as_ref(), runs, &mut |_| Ok(()));
         Bench {
+            other_load: meter.other_cores(),
             id: id.into(),
             title: title.into(),
             store: store.into(),
@@ -293,9 +298,14 @@ fn reset_added(root: &Path, path: &str) -> Result<(), String> {
     let real = store.real_path(&sp);
     drop(store);
     remove_tree(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+    sync();
+    Ok(())
+}
+
+/// Flushes all dirty pages to disk, so write-back does not land in a timed run.
+fn sync() {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
-    Ok(())
 }
 
 /// `add SRC` by both programs, each into its own store, `runs` times.
@@ -327,16 +337,18 @@ fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Scratch, ru
         Some(Ok(p)) => p.clone(),
         _ => String::new(),
     };
+    let meter = CpuMeter::start();
     let (o, n) = interleaved(&ours, nix.as_ref(), runs, &mut |side| match side {
         Side::Ours => reset_added(&ours_root, &ours_path),
         Side::Nix => reset_added(&nix_root, &nix_expected),
     });
+    let other_load = meter.other_cores();
     // The filesystem floor: the same tree copied with cp, same number of runs.
     let floor_dst = dir.join(format!("{id}-floor"));
     let cp = Invocation::new("cp").args(["-a".into(), src.as_os_str().to_owned(), floor_dst.clone().into_os_string()]);
     let (floor, _) = interleaved(&cp, None, runs, &mut |_| {
         remove_tree(&floor_dst).map_err(|e| e.to_string())?;
-        unsafe { libc::sync() };
+        sync();
         Ok(())
     });
     let _ = remove_tree(&floor_dst);
@@ -350,6 +362,7 @@ fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Scratch, ru
         id: id.into(),
         title: title.into(),
         store: "own store per program".into(),
+        other_load,
         ours_cmd: ours.display(),
         nix_cmd: nix.as_ref().map(Invocation::display),
         ours: o,
@@ -464,14 +477,26 @@ fn query_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) {
     log(start, &format!("generating the {}-path store", plan.big.total));
     let big = gen::graph_store(&scratch.dir.join("big"), &plan.big).expect("generate big store");
     log(start, &format!("  done in {}", report::dur(big.total_time())));
+    // Write back what generation left dirty now, not during the timed runs.
+    sync();
     let small_label = format!("{}k store", plan.small.total / 1000);
     let big_label = format!("{}k store", plan.big.total / 1000);
     report.generated.push((small_label.clone(), small.clone()));
     report.generated.push((big_label.clone(), big.clone()));
+    report.benches.push(ctx.query(
+        "version",
+        "process start-up alone: --version (no store)",
+        "—",
+        Invocation::new(&ctx.bin).arg("--version"),
+        ctx.nix.as_ref().map(|n| n.with_env(Invocation::new(&n.nix_store).arg("--version"))),
+        Expect::Any,
+        plan.startup_runs,
+        Target::Info,
+    ));
     let big_benches = graph_benches(ctx, &big, &big_label, plan, true);
     let small_benches = graph_benches(ctx, &small, &small_label, plan, false);
     for (b, s) in big_benches.iter().zip(&small_benches) {
-        report.flat.push(Flat::new(b, s, &small_label, &big_label));
+        report.flat.push(Flat::new(b, s));
     }
     report.benches.extend(big_benches);
     report.benches.extend(small_benches);
@@ -486,6 +511,7 @@ fn verify_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) 
     log(start, &format!("generating the {} MiB contents-checking store", plan.verify_bytes >> 20));
     let vstore = gen::blob_store(&scratch.dir.join("verify"), plan.verify_paths, plan.verify_bytes, 0xB10B).expect("generate verify store");
     log(start, &format!("  done in {}", report::dur(vstore.total_time())));
+    sync();
     let verify_label = format!("{} MiB store", plan.verify_bytes >> 20);
     report.generated.push((format!("{verify_label} ({} paths)", vstore.paths), vstore.clone()));
     report.benches.push(ctx.query(
@@ -512,6 +538,7 @@ fn add_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) {
         gen::write_random(&mut f, plan.big_file, 0xB16).expect("write big file");
     }
     report.sources_time = t.elapsed();
+    sync();
     log(ctx.start, &format!("add sources written in {}", report::dur(report.sources_time)));
     report.benches.push(add_bench(
         ctx,
@@ -561,6 +588,13 @@ fn main() {
     let nix = Nix::detect(&scratch.dir.join("home"));
     log(start, &format!("{} run; scratch {}; ours {}; Nix: {}", if quick { "quick" } else { "full" }, scratch.dir.display(), bin.display(), nix.as_ref().map_or("not found", |n| n.version.as_str())));
     let mut report = Report::new(quick, nix.as_ref().map(|n| n.version.clone()), &scratch.dir, &manifest);
+    let idle = CpuMeter::start();
+    std::thread::sleep(Duration::from_secs(2));
+    report.load_before = idle.other_cores();
+    if report.load_before > 0.25 {
+        log(start, &format!("warning: other processes keep {:.2} cores busy; timings will be noisy", report.load_before));
+    }
+    let whole = CpuMeter::start();
     let ctx = Ctx { start, bin, nix };
 
     if phases.queries {
@@ -573,6 +607,7 @@ fn main() {
         add_phase(&ctx, &plan, &scratch, &mut report);
     }
 
+    report.load_during = whole.other_cores();
     report.total_time = start.elapsed();
     let text = report.render(&plan_summary(&plan));
     fs::write(&out_path, &text).expect("write report");

@@ -38,6 +38,8 @@ pub struct Bench {
     pub nix: Option<Result<Samples, String>>,
     pub target: Target,
     pub notes: Vec<String>,
+    /// Cores the rest of the machine kept busy during the timed runs.
+    pub other_load: f64,
 }
 
 impl Bench {
@@ -71,7 +73,7 @@ pub struct Flat {
 }
 
 impl Flat {
-    pub fn new(big: &Bench, small: &Bench, _small_label: &str, _big_label: &str) -> Flat {
+    pub fn new(big: &Bench, small: &Bench) -> Flat {
         Flat {
             title: small.title.clone(),
             small: small.ours.as_ref().ok().map(Samples::median),
@@ -91,6 +93,9 @@ pub struct Report {
     pub flat: Vec<Flat>,
     pub sources_time: Duration,
     pub total_time: Duration,
+    /// Cores other processes kept busy in the 2 s before the run, and during it.
+    pub load_before: f64,
+    pub load_during: f64,
 }
 
 pub fn dur(d: Duration) -> String {
@@ -153,6 +158,8 @@ impl Report {
             flat: Vec::new(),
             sources_time: Duration::ZERO,
             total_time: Duration::ZERO,
+            load_before: 0.0,
+            load_during: 0.0,
         }
     }
 
@@ -173,7 +180,12 @@ impl Report {
             let _ = writeln!(s, "| {k} | {v} |");
         }
         let _ = writeln!(s, "| Nix | {nix} |");
-        let _ = writeln!(s, "| date | {date} |\n");
+        let _ = writeln!(s, "| date | {date} |");
+        let _ = writeln!(
+            s,
+            "| other load | {:.2} cores busy before the run, {:.2} on average during it (other processes and kernel threads, from /proc/stat) |\n",
+            self.load_before, self.load_during
+        );
         let _ = writeln!(s, "Sizes: {plan}.\n");
         let _ = writeln!(
             s,
@@ -286,6 +298,7 @@ impl Report {
                 Err(e) => format!("- {who}: error: {e}"),
             };
             let _ = writeln!(s, "{}", line("ours", &b.ours));
+            let _ = writeln!(s, "- other load during the timed runs: {:.2} cores", b.other_load);
             if let Some(n) = &b.nix {
                 let _ = writeln!(s, "{}", line("Nix", n));
             }
