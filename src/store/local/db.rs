@@ -75,7 +75,9 @@ pub struct Registration {
 const INFO_COLUMNS: &str = "id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca";
 
 impl Database {
-    pub fn open(path: &Path, mode: OpenMode, store_dir: &StoreDir) -> Result<Database> {
+    /// Opens the database; `create_schema` runs the schema (for a new store, or one whose
+    /// `db/schema` file is missing, as Nix does).
+    pub fn open(path: &Path, mode: OpenMode, store_dir: &StoreDir, create_schema: bool) -> Result<Database> {
         let db_err = |source| StoreError::Db { path: path.to_path_buf(), source };
         let conn = match mode {
             OpenMode::ReadWrite => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX),
@@ -100,7 +102,21 @@ impl Database {
             if jm != "wal" {
                 conn.query_row("pragma main.journal_mode = wal", [], |_| Ok(())).map_err(db_err)?;
             }
-            conn.execute_batch(SCHEMA).map_err(db_err)?;
+            // Keep the WAL file between processes (as recent Nix does), so each short
+            // command does not recreate and delete it.
+            let mut persist: std::os::raw::c_int = 1;
+            // SAFETY: a valid connection handle and a pointer to an int, as the opcode requires.
+            unsafe {
+                rusqlite::ffi::sqlite3_file_control(
+                    conn.handle(),
+                    c"main".as_ptr(),
+                    rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+                    (&mut persist as *mut std::os::raw::c_int).cast(),
+                );
+            }
+            if create_schema {
+                conn.execute_batch(SCHEMA).map_err(db_err)?;
+            }
         }
         Ok(Database { conn, path: path.to_path_buf(), store_dir: store_dir.clone() })
     }

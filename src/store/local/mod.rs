@@ -89,7 +89,13 @@ pub struct LocalStore {
 /// Creates the directories and files of a local store that are missing, as Nix does on
 /// its first open. Idempotent.
 pub fn create_layout(config: &LocalConfig) -> Result<()> {
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| "root".into());
+    // Root needs no user database lookup (the common case, and it costs a start-up's worth).
+    let uid = nix::unistd::geteuid();
+    let user = if uid.is_root() {
+        "root".to_string()
+    } else {
+        nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+    };
     let mut dirs = vec![
         config.real.clone(),
         config.db_dir(),
@@ -160,7 +166,7 @@ impl LocalStore {
         } else {
             OpenMode::ReadWrite
         };
-        let db = Database::open(&db_path, mode, &config.store_dir)?;
+        let db = Database::open(&db_path, mode, &config.store_dir, version.is_none())?;
         if version.is_none() && !read_only {
             fs::write(&schema_file, SCHEMA_VERSION.to_string()).map_err(io_err(&schema_file))?;
         }
