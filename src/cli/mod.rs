@@ -71,6 +71,16 @@ enum Command {
     PathInfo(PathInfoArgs),
     /// Query store paths, as `nix-store --query`.
     Query(query::QueryArgs),
+    /// Check that paths are valid, as `nix-store --check-validity`: exit 1 naming the
+    /// first invalid one (or print every invalid one with --print-invalid). On an overlay a
+    /// lower path's closure is cached in the upper database, as Nix does (a policy's
+    /// `copy_up` may decline).
+    CheckValidity {
+        #[arg(long = "print-invalid")]
+        print_invalid: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Print the store path whose hash part is HASH; exit 1 if there is none.
     PathFromHashPart { hash: String },
     /// Check every registered path exists and (with --check-contents) is unmodified.
@@ -470,6 +480,22 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
         Command::Query(args) => {
             let opened = session.open(&spec)?;
             query::run(opened.store(), &args, &spec)
+        }
+        Command::CheckValidity { print_invalid, paths } => {
+            let opened = session.open(&spec)?;
+            let store = opened.store();
+            let mut out = stdout();
+            for a in &paths {
+                let p = paths::resolve(store, a)?;
+                if !store.is_valid(&p)? {
+                    if print_invalid {
+                        writeln!(out, "{}", store.store_dir().display(&p)).map_err(out_err)?;
+                    } else {
+                        return Err(CliError::Failed(format!("path '{}' is not valid", store.store_dir().display(&p))));
+                    }
+                }
+            }
+            out.flush().map_err(out_err)
         }
         Command::PathFromHashPart { hash } => {
             let opened = session.open(&spec)?;
