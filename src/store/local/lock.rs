@@ -41,6 +41,19 @@ fn flock(file: &File, kind: LockKind, wait: bool) -> io::Result<bool> {
     }
 }
 
+/// Takes a lock on a file the caller keeps open (and releases with `unlock`).
+pub fn lock_open_file(file: &File, kind: LockKind, wait: bool) -> io::Result<bool> {
+    flock(file, kind, wait)
+}
+
+pub fn unlock(file: &File) -> io::Result<()> {
+    // SAFETY: flock on a file descriptor the caller owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A held `flock`; released when dropped (closing the descriptor releases it).
 #[derive(Debug)]
 pub struct FileLock {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::format::{StoreDir, StorePath};
-use crate::store::local::lock::{FileLock, LockKind};
+use crate::store::local::lock::{lock_open_file, unlock, FileLock, LockKind};
 
 pub fn gc_lock_path(state: &Path) -> PathBuf {
     state.join("gc.lock")
@@ -31,12 +31,14 @@ pub struct TempRoots {
     state: PathBuf,
     store_dir: StoreDir,
     file: Option<FileLock>,
+    /// `gc.lock`, kept open (as Nix does) so each root costs two flocks, not an open.
+    gc_lock: Option<File>,
     socket: Option<UnixStream>,
 }
 
 impl TempRoots {
     pub fn new(state: &Path, store_dir: &StoreDir) -> TempRoots {
-        TempRoots { state: state.to_path_buf(), store_dir: store_dir.clone(), file: None, socket: None }
+        TempRoots { state: state.to_path_buf(), store_dir: store_dir.clone(), file: None, gc_lock: None, socket: None }
     }
 
     fn open_file(&mut self) -> io::Result<&FileLock> {
@@ -63,12 +65,16 @@ impl TempRoots {
     pub fn add(&mut self, path: &StorePath) -> io::Result<()> {
         self.open_file()?;
         let full = self.store_dir.display(path);
-        let lock_path = gc_lock_path(&self.state);
+        if self.gc_lock.is_none() {
+            let p = gc_lock_path(&self.state);
+            self.gc_lock = Some(OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&p)?);
+        }
+        let gc_lock = self.gc_lock.as_ref().expect("just opened");
         // Held until the root is in the file, so no GC can start in between.
-        let mut _gc_lock = None;
+        let mut locked = false;
         loop {
-            _gc_lock = FileLock::acquire(&lock_path, LockKind::Shared, false)?;
-            if _gc_lock.is_some() {
+            if lock_open_file(gc_lock, LockKind::Shared, false)? {
+                locked = true;
                 break;
             }
             // A GC is running: tell it directly.
@@ -101,7 +107,11 @@ impl TempRoots {
         }
         let lock = self.file.as_ref().expect("opened");
         let mut f: &File = lock.file();
-        f.write_all(format!("{full}\0").as_bytes())
+        let written = f.write_all(format!("{full}\0").as_bytes());
+        if locked {
+            unlock(gc_lock)?;
+        }
+        written
     }
 }
 
