@@ -26,6 +26,14 @@ pub fn remount_marker(state: &Path) -> PathBuf {
     state.join("overlay-remount-needed")
 }
 
+/// A name in the upper layer for an entry on its way out; the GC collects it if we die
+/// before it is gone (it is ours, and its PID is no longer running).
+fn trash_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(".tmp-overlay-store-trash-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
 /// The parts of an overlay that file removal needs, shareable across threads.
 pub struct OverlayRemover {
     pub merged: PathBuf,
@@ -52,7 +60,11 @@ impl OverlayRemover {
         let whiteout = meta.file_type().is_char_device();
         if whiteout || fs::symlink_metadata(self.lower_real.join(name)).is_ok() {
             self.note_bypass()?;
-            Ok(Removed { bytes: remove_tree_counting(&upper)?, had_files: true, bypassed_mount: true })
+            // Out of the way in one step, then removed: an upper directory is often
+            // opaque, so a half-removed one would hide the rest of the lower copy.
+            let trash = self.upper_layer.join(trash_name());
+            fs::rename(&upper, &trash)?;
+            Ok(Removed { bytes: remove_tree_counting(&trash)?, had_files: true, bypassed_mount: true })
         } else {
             Ok(Removed { bytes: remove_tree_counting(&self.merged.join(name))?, had_files: true, bypassed_mount: false })
         }
