@@ -327,3 +327,61 @@ fn nix_gc_respects_our_temp_roots_mid_import() {
         ours(&uri(&dst), &["verify-path", p]).ok();
     }
 }
+
+/// A bad spec is a usage error (exit 2) naming file, line and key, and nothing is created.
+#[test]
+fn bad_specs_exit_2_and_create_nothing() {
+    let s = Scratch::new();
+    let cases = [
+        ("root = \"store\"\nupper-layr = \"u\"\n", "store.toml:2:1: upper-layr: unknown key; did you mean `upper-layer`?"),
+        ("root = 5\n", "store.toml:1:1: root: expected a path"),
+        ("root = \"store\"\n[gc\n", "store.toml:2:"),
+        ("type = \"local-overlay\"\nroot = \"store\"\nlower-store = \"/x\"\n", "upper-layer"),
+    ];
+    for (text, expect) in cases {
+        let f = write(&s.join("store.toml"), text);
+        let r = ours(&f, &["init"]);
+        assert_eq!(r.code, 2, "{text}: {}", r.stderr);
+        assert!(r.stderr.contains(expect), "{text}: expected {expect:?} in {}", r.stderr);
+        assert!(!s.join("store").exists(), "{text}: something was created");
+    }
+    let r = ours("local?root=relative/path", &["init"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = ours("local?root=/tmp/x&frobnicate=1", &["init"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("frobnicate"), "{}", r.stderr);
+}
+
+/// Our own running operations' temporary roots show in `gc --print-roots` as Nix shows
+/// them, `{temp:PID} -> path`, and protect the path from our GC.
+#[test]
+fn our_temp_roots_show_and_protect() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let s = Scratch::new();
+    let src = s.join("src");
+    let dst = s.join("dst");
+    let f = write(&s.join("fx/one"), "one\n");
+    let p = ours(&uri(&src), &["add", &f]).ok().out().trim().to_string();
+    let stream = ours(&uri(&src), &["export", &p]).ok().stdout;
+    ours(&uri(&dst), &["init"]).ok();
+    let mut child = Command::new(BIN).args(["--store", &uri(&dst), "import"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&stream[..stream.len() - 8]).unwrap();
+    stdin.flush().unwrap();
+    let placed = dst.join("nix/store").join(Path::new(&p).file_name().unwrap());
+    for _ in 0..200 {
+        if placed.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let roots = ours(&uri(&dst), &["gc", "--print-roots"]).ok().out();
+    assert!(roots.contains(&format!("{{temp:{}}} -> {p}", child.id())), "{roots}");
+    ours(&uri(&dst), &["gc"]).ok();
+    assert!(placed.exists(), "our GC deleted a path our import holds");
+    stdin.write_all(&stream[stream.len() - 8..]).unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    ours(&uri(&dst), &["verify-path", &p]).ok();
+}
