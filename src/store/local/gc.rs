@@ -129,6 +129,8 @@ pub trait GcTarget {
     }
     /// Where unclaimed entries are looked for.
     fn garbage_dir(&self) -> PathBuf;
+    /// The store's real directory, where lock files are taken (an overlay's mount).
+    fn real_dir(&self) -> PathBuf;
     fn remove_garbage(&self, name: &OsString) -> io::Result<Removed>;
     /// Called once at the end with whether anything bypassed the mount.
     fn finish(&mut self, _bypassed_mount: bool) -> Result<bool> {
@@ -175,7 +177,9 @@ struct SocketServer {
     shared: Arc<(Mutex<Shared>, Condvar)>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    path: PathBuf,
+    /// Accepted connections, shut down when the GC ends (as Nix closes them), so a
+    /// long-lived client reconnects to the next GC instead of talking to this one.
+    clients: Arc<Mutex<Vec<(std::os::unix::net::UnixStream, std::thread::JoinHandle<()>)>>>,
 }
 
 impl SocketServer {
@@ -187,20 +191,22 @@ impl SocketServer {
         listener.set_nonblocking(true)?;
         let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (sh, st) = (shared.clone(), stop.clone());
+        let clients: Arc<Mutex<Vec<_>>> = Arc::default();
+        let (sh, st, cl) = (shared.clone(), stop.clone(), clients.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
+                        let Ok(handle) = conn.try_clone() else { continue };
                         let sh = sh.clone();
-                        std::thread::spawn(move || serve_client(conn, sh));
+                        let t = std::thread::spawn(move || serve_client(conn, sh));
+                        cl.lock().expect("gc clients").push((handle, t));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Ok(SocketServer { shared, stop, thread: Some(thread), path })
+        Ok(SocketServer { shared, stop, thread: Some(thread), clients })
     }
 }
 
@@ -210,7 +216,46 @@ impl Drop for SocketServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = fs::remove_file(&self.path);
+        // Wake anyone waiting on a pending deletion, then close every connection. The
+        // socket file stays: a client that finds it refuses connections retries, as
+        // Nix's does (a missing file would make a Nix 2.8 client fail).
+        {
+            let (lock, cv) = &*self.shared;
+            lock.lock().expect("gc socket state").pending.clear();
+            cv.notify_all();
+        }
+        let clients = std::mem::take(&mut *self.clients.lock().expect("gc clients"));
+        for (conn, t) in clients {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+            let _ = t.join();
+        }
+    }
+}
+
+/// `gc.lock` held exclusively with the GC socket served: what GC, optimise, pivot and a
+/// remount hold so no collection overlaps them while clients can still add temp roots.
+pub struct GcLock {
+    server: SocketServer,
+    _lock: FileLock,
+}
+
+impl GcLock {
+    pub fn acquire(state: &Path, notice: &mut dyn FnMut(&str)) -> Result<GcLock> {
+        let lock_path = gc_lock_path(state);
+        let lock = match FileLock::acquire(&lock_path, LockKind::Exclusive, false).map_err(io_err(&lock_path))? {
+            Some(l) => l,
+            None => {
+                notice("waiting for the big garbage collector lock...");
+                FileLock::acquire(&lock_path, LockKind::Exclusive, true).map_err(io_err(&lock_path))?.expect("blocking")
+            }
+        };
+        let server = SocketServer::start(state).map_err(io_err(gc_socket_path(state)))?;
+        Ok(GcLock { server, _lock: lock })
+    }
+
+    /// Whether a temporary root for this hash part was announced while we held the lock.
+    pub fn announced(&self, hash_part: &str) -> bool {
+        self.server.shared.0.lock().expect("gc socket state").temp_roots.contains(hash_part)
     }
 }
 
@@ -281,6 +326,9 @@ impl GcTarget for LocalStore {
         self.db().is_valid(path).unwrap_or(false)
     }
     fn garbage_dir(&self) -> PathBuf {
+        self.config().real.clone()
+    }
+    fn real_dir(&self) -> PathBuf {
         self.config().real.clone()
     }
     fn remove_garbage(&self, name: &OsString) -> io::Result<Removed> {
@@ -354,20 +402,7 @@ impl Collector<'_> {
 
     pub fn run(&mut self, opts: &GcOptions) -> Result<GcReport> {
         let state = self.target.local().config().state.clone();
-        let lock_path = gc_lock_path(&state);
-        let _gc_lock = if opts.dry_run {
-            None
-        } else {
-            let l = match FileLock::acquire(&lock_path, LockKind::Exclusive, false).map_err(io_err(&lock_path))? {
-                Some(l) => l,
-                None => {
-                    (self.notice)("waiting for the big garbage collector lock...");
-                    FileLock::acquire(&lock_path, LockKind::Exclusive, true).map_err(io_err(&lock_path))?.expect("blocking")
-                }
-            };
-            Some(l)
-        };
-        let server = if opts.dry_run { None } else { Some(SocketServer::start(&state).map_err(io_err(gc_socket_path(&state)))?) };
+        let gc_lock = if opts.dry_run { None } else { Some(GcLock::acquire(&state, self.notice)?) };
 
         (self.notice)("finding garbage collector roots...");
         let roots = self.find_roots()?;
@@ -486,7 +521,8 @@ impl Collector<'_> {
 
         // Re-check temporary roots announced over the socket; mark the rest pending so
         // an announcement for one of them waits until it is gone.
-        let server = server.expect("not a dry run");
+        let gc_lock = gc_lock.expect("not a dry run");
+        let server = &gc_lock.server;
         {
             let (lock, _) = &*server.shared;
             let mut s = lock.lock().expect("gc socket state");
@@ -505,10 +541,29 @@ impl Collector<'_> {
             lock.lock().expect("gc socket state").pending.clear();
             cv.notify_all();
         };
-        if let Err(e) = self.target.local().db().delete_paths_in_order(&doomed_paths) {
-            unpend();
-            return Err(e);
-        }
+        // In one immediate transaction, so nothing registered since the graph was loaded
+        // can come to refer to a doomed row between the check and the delete.
+        let db = self.target.local().db();
+        let deleted = db.in_tx(|| {
+            let doomed_set: HashSet<&StorePath> = doomed_paths.iter().collect();
+            let mut keep: Vec<StorePath> = Vec::new();
+            for p in &doomed_paths {
+                if db.referrers(p)?.iter().any(|r| r != p && !doomed_set.contains(r)) {
+                    keep.push(p.clone());
+                }
+            }
+            let kept = if keep.is_empty() { HashSet::new() } else { db.closure(&keep)?.0.into_iter().map(|i| i.path).collect::<HashSet<_>>() };
+            let now: Vec<StorePath> = doomed_paths.iter().filter(|p| !kept.contains(*p)).cloned().collect();
+            db.delete_paths_in_order(&now)?;
+            Ok(now)
+        });
+        let doomed_paths = match deleted {
+            Ok(d) => d,
+            Err(e) => {
+                unpend();
+                return Err(e);
+            }
+        };
         // Files, on all cores. Announcements of these paths wait until they are gone,
         // so nobody re-adds one while its old files are being removed; a path whose
         // lock is held (an adder that did not announce it) is left as debris.
@@ -547,10 +602,10 @@ impl Collector<'_> {
         }
 
         if matches!(opts.action, GcAction::Collect) && opts.max_freed.is_none_or(|m| report.bytes_freed < m) {
-            bypassed |= self.collect_unclaimed(&server, opts, &mut report)?;
+            bypassed |= self.collect_unclaimed(server, opts, &mut report)?;
         }
-        drop(server);
         report.remounted = self.target.finish(bypassed)?;
+        drop(gc_lock);
         Ok(report)
     }
 
@@ -573,11 +628,12 @@ impl Collector<'_> {
     /// Removes entries of the garbage directory that no row claims and nobody holds.
     fn collect_unclaimed(&mut self, server: &SocketServer, opts: &GcOptions, report: &mut GcReport) -> Result<bool> {
         let dir = self.target.garbage_dir();
+        let lock_dir = self.target.real_dir();
         let Ok(entries) = fs::read_dir(&dir) else { return Ok(false) };
-        let db = self.target.local().db();
         let mut bypassed = false;
         let mut names: Vec<OsString> = entries.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
         names.sort();
+        let (state, cv) = &*server.shared;
         for name in names {
             let s = name.to_string_lossy().to_string();
             if s == ".links" {
@@ -594,31 +650,49 @@ impl Collector<'_> {
             }
             let hash: String = s.chars().take(32).collect();
             if let Ok(p) = StorePath::from_basename(&s) {
-                if db.is_valid(&p)? {
-                    continue;
-                }
-            }
-            {
-                let (lock, _) = &*server.shared;
-                if lock.lock().expect("gc socket state").temp_roots.contains(&hash) {
+                if self.target.local().db().is_valid(&p)? {
                     continue;
                 }
             }
             if report.roots.keys().any(|p| p.hash_part() == hash) {
                 continue;
             }
-            let full = dir.join(&name);
-            if s.ends_with(".lock") {
-                // A held lock belongs to an operation in progress.
-                match fs::OpenOptions::new().read(true).write(true).open(&full) {
-                    Ok(f) => match FileLock::from_file(f, &full, LockKind::Exclusive, false) {
-                        Ok(Some(_held)) => {}
-                        _ => continue,
-                    },
-                    Err(_) => {}
+            // As for dead paths: a root announced from now on waits until this is gone.
+            {
+                let mut st = state.lock().expect("gc socket state");
+                if st.temp_roots.contains(&hash) {
+                    continue;
                 }
-            } else if let Ok(Some(_busy)) = PathLock::acquire(&dir.join(format!("{s}.lock")), false).map(|l| l.is_none().then_some(())) {
-                continue;
+                st.pending.insert(hash.clone());
+            }
+            let unpend = || {
+                state.lock().expect("gc socket state").pending.remove(&hash);
+                cv.notify_all();
+            };
+            let full = dir.join(&name);
+            // Locks are taken where adders take them: in the real store directory (for an
+            // overlay, through the mount), and held until the entry is gone.
+            let mut held_lock_file: Option<FileLock> = None;
+            let mut _held_path_lock: Option<PathLock> = None;
+            if s.ends_with(".lock") {
+                let real_lock = lock_dir.join(&name);
+                if let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(&real_lock) {
+                    match FileLock::from_file(f, &real_lock, LockKind::Exclusive, false) {
+                        Ok(Some(l)) => held_lock_file = Some(l),
+                        _ => {
+                            unpend();
+                            continue;
+                        }
+                    }
+                }
+            } else {
+                match PathLock::acquire(&lock_dir.join(format!("{s}.lock")), false) {
+                    Ok(Some(l)) => _held_path_lock = Some(l),
+                    _ => {
+                        unpend();
+                        continue;
+                    }
+                }
             }
             (self.notice)(&format!("deleting '{}'", full.display()));
             match self.target.remove_garbage(&name) {
@@ -626,9 +700,17 @@ impl Collector<'_> {
                     report.bytes_freed += r.bytes;
                     bypassed |= r.bypassed_mount;
                     report.garbage.push(s);
+                    if let Some(l) = &held_lock_file {
+                        // Tells a process that opened it before we deleted it that it is stale.
+                        use std::io::Write;
+                        let _ = (&*l.file()).write_all(b"d");
+                    }
                 }
                 Err(e) => (self.notice)(&format!("warning: could not delete '{}': {e}", full.display())),
             }
+            drop(_held_path_lock);
+            drop(held_lock_file);
+            unpend();
             if opts.max_freed.is_some_and(|m| report.bytes_freed >= m) {
                 break;
             }

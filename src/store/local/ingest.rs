@@ -25,8 +25,19 @@ use crate::store::{io_err, PathInfo, Result, StoreError};
 pub trait IngestTarget {
     /// The store whose real directory receives the files.
     fn local(&self) -> &LocalStore;
-    /// Whether `path` is already present, so nothing needs writing.
+    /// Whether `path` is already present, so nothing needs writing. May cache what it
+    /// learns (an overlay copies a lower closure up, as Nix does).
     fn is_present(&mut self, path: &StorePath) -> Result<bool>;
+    /// The same question without writing anything (for imports, which must change
+    /// nothing when they fail).
+    fn is_present_quietly(&mut self, path: &StorePath) -> Result<bool> {
+        self.is_present(path)
+    }
+    /// Removes unregistered leftovers at `path`'s real location before new files go there.
+    fn remove_debris(&self, path: &StorePath) -> Result<()> {
+        let dest = self.local().config().real.join(path.basename());
+        remove_tree(&dest).map_err(io_err(&dest))
+    }
     /// Registers a batch whose files are in place, in one transaction.
     fn register(&mut self, batch: Vec<Registration>) -> Result<()>;
 }
@@ -55,11 +66,11 @@ impl Drop for TempObject {
 }
 
 /// Moves `tmp` to the real path of `path`, replacing leftover unregistered files.
-fn move_into_place(store: &LocalStore, tmp: &Path, path: &StorePath) -> Result<PathBuf> {
-    let dest = store.config().real.join(path.basename());
+fn move_into_place(target: &dyn IngestTarget, tmp: &Path, path: &StorePath) -> Result<PathBuf> {
+    let dest = target.local().config().real.join(path.basename());
     if fs::symlink_metadata(&dest).is_ok() {
         // Not registered (we hold its lock and checked validity), so it is debris.
-        remove_tree(&dest).map_err(io_err(&dest))?;
+        target.remove_debris(path)?;
     }
     fs::rename(tmp, &dest).map_err(io_err(&dest))?;
     Ok(dest)
@@ -77,7 +88,7 @@ pub fn add_path(target: &mut dyn IngestTarget, src: &Path) -> Result<StorePath> 
     fs::symlink_metadata(src).map_err(io_err(src))?;
     let store = target.local();
     let sd = store.config().store_dir.clone();
-    let tmp = TempObject(Some(store.temp_name("add")));
+    let tmp = TempObject(Some(store.temp_name("add")?));
     let tmp_path = tmp.0.clone().expect("set");
     let sink = nar::dump_path_copying(src, &tmp_path, HashSink::new(HashAlgo::Sha256)).map_err(io_err(src))?;
     let (nar_hash, nar_size) = sink.finish();
@@ -89,7 +100,7 @@ pub fn add_path(target: &mut dyn IngestTarget, src: &Path) -> Result<StorePath> 
         return Ok(path);
     }
     let mut tmp = tmp;
-    move_into_place(target.local(), &tmp_path, &path)?;
+    move_into_place(target, &tmp_path, &path)?;
     tmp.0 = None;
     let info = PathInfo {
         path: path.clone(),
@@ -147,43 +158,52 @@ impl TempRestorer {
 
 /// `nix-store --import`: reads an export stream and registers every new path in it, all
 /// in one transaction. Returns every path of the stream, in stream order.
+///
+/// Every item is first restored under a temporary name; then the paths are locked in
+/// sorted order (so two imports never wait on each other in a cycle), moved into place
+/// and registered. On any error the files placed so far are removed while their locks
+/// are still held, and nothing is registered.
 pub fn import(target: &mut dyn IngestTarget, input: &mut dyn Read) -> Result<Vec<StorePath>> {
     let sd = target.local().config().store_dir.clone();
     let mut all = Vec::new();
-    let mut placed: Vec<TempObject> = Vec::new();
-    let mut locks = Vec::new();
-    let mut batch = Vec::new();
-    let mut in_batch = BTreeSet::new();
+    let mut staged: Vec<(export::ExportItem, TempObject)> = Vec::new();
     loop {
-        let tmp = TempObject(Some(target.local().temp_name("import")));
+        let tmp = TempObject(Some(target.local().temp_name("import")?));
         let tmp_path = tmp.0.clone().expect("set");
-        let mut restorer = TempRestorer { root: tmp_path.clone(), inner: None };
+        let mut restorer = TempRestorer { root: tmp_path, inner: None };
         let Some(item) = export::read_item(input, &sd, &mut restorer)? else {
             break;
         };
         all.push(item.path.clone());
         target.local().add_temp_root(&item.path)?;
-        let lock_file = target.local().lock_path_of(&item.path);
-        if in_batch.contains(&item.path) {
+        staged.push((item, tmp));
+    }
+    let mut order: Vec<usize> = (0..staged.len()).collect();
+    order.sort_by(|&a, &b| staged[a].0.path.cmp(&staged[b].0.path));
+    order.dedup_by(|a, b| staged[*a].0.path == staged[*b].0.path);
+    // Declared before `placed`, so on an early return the placed files go first.
+    let mut locks = Vec::new();
+    let mut placed: Vec<TempObject> = Vec::new();
+    let mut batch = Vec::new();
+    for &i in &order {
+        let path = staged[i].0.path.clone();
+        let lock_file = target.local().lock_path_of(&path);
+        locks.push(PathLock::acquire(&lock_file, true).map_err(io_err(&lock_file))?);
+        if target.is_present_quietly(&path)? {
             continue;
         }
-        let lock = PathLock::acquire(&lock_file, true).map_err(io_err(&lock_file))?;
-        if target.is_present(&item.path)? {
-            continue;
-        }
-        let mut tmp = tmp;
-        let dest = move_into_place(target.local(), &tmp_path, &item.path)?;
-        tmp.0 = None;
+        let tmp_path = staged[i].1 .0.clone().expect("staged");
+        let dest = move_into_place(target, &tmp_path, &path)?;
+        staged[i].1 .0 = None;
         placed.push(TempObject(Some(dest.clone())));
-        locks.push(lock);
-        let drv_outputs = target.local().read_drv_outputs(&item.path, &dest)?;
-        in_batch.insert(item.path.clone());
+        let drv_outputs = target.local().read_drv_outputs(&path, &dest)?;
+        let item = &staged[i].0;
         batch.push(Registration {
             info: PathInfo {
-                path: item.path,
-                deriver: item.deriver,
+                path,
+                deriver: item.deriver.clone(),
                 nar_hash: item.nar_hash,
-                references: item.references,
+                references: item.references.clone(),
                 registration_time: 0,
                 nar_size: item.nar_size,
                 ultimate: false,

@@ -203,13 +203,21 @@ impl LocalStore {
         self.config.real.join(format!("{}.lock", path.basename()))
     }
 
-    /// A fresh name in the real store dir for an object being written; starts with a dot
-    /// so it can never be mistaken for a store path.
-    pub(crate) fn temp_name(&self, what: &str) -> PathBuf {
+    /// A fresh name in the real store dir for an object being written. It is shaped like
+    /// a store path (`<random hash>-tmp-overlay-store-<what>`) and protected by a
+    /// temporary root on that hash before anything is created, so neither our GC nor
+    /// stock Nix's deletes it while we write; if we die, the root goes stale and the
+    /// next GC collects it.
+    pub(crate) fn temp_name(&self, what: &str) -> Result<PathBuf> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.config.real.join(format!(".tmp-overlay-store-{what}-{}-{n}", std::process::id()))
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let seed = format!("{}:{n}:{nanos}:{}", std::process::id(), self.config.real.display());
+        let digest = crate::format::Hash::sha256(seed.as_bytes());
+        let name = StorePath::new(crate::format::store_path::compress_hash(digest.digest()), &format!("tmp-overlay-store-{what}"))?;
+        self.add_temp_root(&name)?;
+        Ok(self.config.real.join(name.basename()))
     }
 
     /// The `DerivationOutputs` rows of a `.drv` whose file is at `file`.

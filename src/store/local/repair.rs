@@ -71,7 +71,7 @@ fn fetch(store: &LocalStore, source: &RepairSource, infos: &BTreeMap<StorePath, 
                 if sinfo.nar_hash != info.nar_hash {
                     continue;
                 }
-                let tmp = store.temp_name("repair");
+                let tmp = store.temp_name("repair")?;
                 let bytes = nar::dump_path(&src.real_path(p), Vec::new()).map_err(io_err(src.real_path(p)))?;
                 if let Err(e) = nar::restore(&mut &bytes[..], &tmp) {
                     let _ = remove_tree(&tmp);
@@ -86,7 +86,7 @@ fn fetch(store: &LocalStore, source: &RepairSource, infos: &BTreeMap<StorePath, 
             let sd = store.config().store_dir.clone();
             loop {
                 // The item's path comes after its NAR: restore every NAR, keep the wanted.
-                let tmp = store.temp_name("repair");
+                let tmp = store.temp_name("repair")?;
                 let mut v = MaybeRestore { root: tmp.clone(), inner: None };
                 let item = match export::read_item(&mut r, &sd, &mut v) {
                     Ok(Some(i)) => i,

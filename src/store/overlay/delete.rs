@@ -203,6 +203,9 @@ impl GcTarget for OverlayStore {
     fn garbage_dir(&self) -> PathBuf {
         self.upper_layer.clone()
     }
+    fn real_dir(&self) -> PathBuf {
+        self.plan.real.clone()
+    }
     fn remove_garbage(&self, name: &OsString) -> io::Result<Removed> {
         self.remover().remove_entry(name)
     }

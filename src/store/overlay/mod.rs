@@ -338,6 +338,24 @@ impl IngestTarget for OverlayStore {
         self.is_valid(path)
     }
 
+    fn is_present_quietly(&mut self, path: &StorePath) -> Result<bool> {
+        Ok(self.upper.db().is_valid(path)? || self.lower.path_info(path)?.is_some())
+    }
+
+    /// Leftovers in the upper layer go through the mount; a lower entry the lower store
+    /// does not register is left alone (removing it through the mount would whiteout it).
+    fn remove_debris(&self, path: &StorePath) -> Result<()> {
+        if fs::symlink_metadata(self.plan.lowerdir.join(path.basename())).is_ok() {
+            return Err(StoreError::Other(format!(
+                "'{}' exists in the lower store's directory but the lower store does not register it; \
+                 refusing to hide it (register or remove it in the lower store first)",
+                self.store_dir().display(path)
+            )));
+        }
+        let dest = self.plan.real.join(path.basename());
+        crate::store::local::canonicalise::remove_tree(&dest).map_err(io_err(&dest))
+    }
+
     fn register(&mut self, batch: Vec<Registration>) -> Result<()> {
         if self.read_only {
             return Err(StoreError::ReadOnly(self.plan.real.display().to_string()));
