@@ -157,7 +157,7 @@ fn changing_the_upper_layer_remounts_and_waits_for_a_running_gc() {
         )
         .unwrap();
         save_by_rename(&cfg_path, &config_text("upper2", "").replace("gc-interval-secs = 1\n", ""));
-        w.wait_for("waiting for a running garbage collection", 1);
+        w.wait_for("waiting for the big garbage collector lock", 1);
         std::thread::sleep(Duration::from_millis(300));
         assert!(!w.text().contains("remounted"), "remounted while the GC held its lock");
         drop(gc_lock);

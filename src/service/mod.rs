@@ -22,8 +22,7 @@ use crate::policy::LuaPolicy;
 use crate::spec::{StoreKind, StoreSpec};
 use crate::store::local::gc::{Collector, GcAction, GcOptions};
 use crate::store::overlay::{self, NixPolicy, OpenOptions, OverlayPolicy, OverlayStore, PolicyFailure};
-use crate::store::local::lock::{FileLock, LockKind};
-use crate::store::local::temproots::gc_lock_path;
+use crate::store::local::gc::GcLock;
 use crate::store::{PathInfo, Result as StoreResult};
 
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +234,7 @@ impl Service {
                 return;
             }
         };
-        if new_plan.lowerdir != old_plan.lowerdir || new.spec.lower_store != self.current.spec.lower_store {
+        if new_plan.lowerdir != old_plan.lowerdir {
             if let Err(e) = self.pivot_to(&new) {
                 tracing::error!("{e} (keeping the previous config and policy)");
                 return;
@@ -250,8 +249,14 @@ impl Service {
         }
         let store = match OverlayStore::open_with_policy(&new.spec, OpenOptions::default(), new.boxed_policy()) {
             Ok(s) => s,
-            Err(e) => {
+            Err(e) if new_plan == old_plan => {
                 tracing::error!("opening the store with the new config: {e} (keeping the previous config and policy)");
+                return;
+            }
+            Err(e) => {
+                // The mount already moved: the old store object no longer matches it.
+                tracing::error!("the mount moved to the new settings, but opening the store with them failed: {e}; fix the config and save it again");
+                self.current = new;
                 return;
             }
         };
@@ -267,15 +272,8 @@ impl Service {
     /// and mount with the new settings; back to the old mount if that fails.
     fn remount_to(&mut self, new: &Loaded, old_plan: &overlay::MountPlan, new_plan: &overlay::MountPlan) -> Result<(), String> {
         // A GC (ours or the CLI's) finishes before the mount moves under it.
-        let lock_path = gc_lock_path(&self.current.spec.state);
-        let _gc = match FileLock::acquire(&lock_path, LockKind::Exclusive, false) {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                tracing::info!("waiting for a running garbage collection to finish before remounting");
-                FileLock::acquire(&lock_path, LockKind::Exclusive, true).ok().flatten().ok_or_else(|| format!("cannot lock '{}'", lock_path.display()))?
-            }
-            Err(e) => return Err(format!("cannot lock '{}': {e}", lock_path.display())),
-        };
+        let mut notice = |m: &str| tracing::info!("{m} (before remounting)");
+        let _gc = GcLock::acquire(&self.current.spec.state, &mut notice).map_err(|e| e.to_string())?;
         if let Some(p) = &new.policy {
             match p.hook_remount_change(&self.store, &self.current.spec, &new.spec) {
                 Ok(Some(true)) => return new_plan.check().map_err(|e| format!("the policy's remount hook ran, but: {e}")),

@@ -66,7 +66,22 @@ impl OverlayRemover {
             fs::rename(&upper, &trash)?;
             Ok(Removed { bytes: remove_tree_counting(&trash)?, had_files: true, bypassed_mount: true })
         } else {
-            Ok(Removed { bytes: remove_tree_counting(&self.merged.join(name))?, had_files: true, bypassed_mount: false })
+            // Through the mount, also out of the way in one step first: if the lower store
+            // gains this name meanwhile, a half-removed directory would whiteout it.
+            let trash = self.merged.join(trash_name());
+            let target = match fs::rename(self.merged.join(name), &trash) {
+                Ok(()) => trash,
+                Err(_) => self.merged.join(name),
+            };
+            let bytes = remove_tree_counting(&target)?;
+            let mut bypassed = false;
+            if fs::symlink_metadata(self.upper_layer.join(name)).map(|m| m.file_type().is_char_device()).unwrap_or(false) {
+                // The lower store got the name after all: drop the whiteout, remount.
+                self.note_bypass()?;
+                fs::remove_file(self.upper_layer.join(name))?;
+                bypassed = true;
+            }
+            Ok(Removed { bytes, had_files: true, bypassed_mount: bypassed })
         }
     }
 }
@@ -117,7 +132,14 @@ impl OverlayStore {
     /// Remounts if an earlier run changed the upper layer directly and died before it
     /// could remount.
     pub fn recover_pending_remount(&self) -> Result<()> {
-        if !self.read_only && remount_marker(&self.upper.config().state).exists() {
+        let state = &self.upper.config().state;
+        if !self.read_only && remount_marker(state).exists() {
+            // Only if no GC, optimise or pivot is running: one of those may be half-way
+            // through its upper-layer changes and will remount itself.
+            let lock_path = crate::store::local::temproots::gc_lock_path(state);
+            let Ok(Some(_idle)) = crate::store::local::lock::FileLock::acquire(&lock_path, crate::store::local::lock::LockKind::Exclusive, false) else {
+                return Ok(());
+            };
             tracing::info!("remounting '{}': an earlier operation changed the upper layer and did not finish", self.plan.real.display());
             self.remount("recovery")?;
         }
@@ -129,6 +151,8 @@ impl OverlayStore {
     /// hash is the lower store's are removed, so the files seen afterwards are the ones
     /// the database describes.
     pub fn optimise(&mut self, notice: &mut dyn FnMut(&str)) -> Result<OptimiseReport> {
+        let state = self.upper.config().state.clone();
+        let _gc = crate::store::local::gc::GcLock::acquire(&state, notice)?;
         let remover = self.remover();
         let mut report = OptimiseReport::default();
         for info in self.upper.db().all_infos()? {

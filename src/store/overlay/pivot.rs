@@ -19,9 +19,8 @@ use crate::format::nar;
 use crate::format::StorePath;
 use crate::spec::StoreSpec;
 use crate::store::local::canonicalise::remove_tree;
-use crate::store::local::gc::{remove_tree_counting, Collector, GcAction, GcOptions, GcTarget};
+use crate::store::local::gc::{remove_tree_counting, Collector, GcAction, GcLock, GcOptions, GcTarget};
 use crate::store::local::lock::{FileLock, LockKind};
-use crate::store::local::temproots::gc_lock_path;
 use crate::store::local::Registration;
 use crate::store::overlay::{copy_up, mount_plan, open_lower, MountPlan, OverlayStore};
 use crate::store::{io_err, Result, Store, StoreError};
@@ -164,16 +163,30 @@ impl OverlayStore {
             return Err(StoreError::Other("pivot moves the mount: the spec needs a [mount] table (with workdir)".into()));
         }
         let state = self.upper.config().state.clone();
-        let lock_path = gc_lock_path(&state);
-        let _gc = match FileLock::acquire(&lock_path, LockKind::Exclusive, false).map_err(io_err(&lock_path))? {
-            Some(l) => l,
-            None => {
-                tracing::info!("waiting for a running garbage collection to finish before pivoting");
-                FileLock::acquire(&lock_path, LockKind::Exclusive, true).map_err(io_err(&lock_path))?.expect("blocking")
-            }
-        };
+        let mut notice = |m: &str| tracing::info!("{m}");
+        let _gc = GcLock::acquire(&state, &mut notice)?;
+        // The plan was made without the lock: a path that gained a root since must not go.
+        let opts = GcOptions { action: GcAction::Collect, max_freed: None, dry_run: true, keep_derivations: new_spec.gc.keep_derivations, keep_outputs: new_spec.gc.keep_outputs };
+        let mut quiet = |_: &str| {};
+        let live: HashSet<StorePath> = Collector { target: self as &mut dyn GcTarget, notice: &mut quiet }.run(&opts)?.live.into_iter().collect();
+        if let Some(e) = plan.drops().find(|e| live.contains(&e.path)) {
+            return Err(StoreError::Other(format!(
+                "the pivot plan is out of date: '{}' became live since it was made; plan again",
+                self.store_dir().display(&e.path)
+            )));
+        }
+        // The journal is locked for the whole pivot, so another process opening the
+        // store can tell a pivot in progress from an interrupted one.
         let journal = journal_path(&state);
-        fs::write(&journal, format!("{}\n{}\n", self.plan.lowerdir.display(), new_plan.lowerdir.display())).map_err(io_err(&journal))?;
+        let journal_lock = FileLock::acquire(&journal, LockKind::Exclusive, true).map_err(io_err(&journal))?.expect("blocking");
+        let write_journal = |phase: &str| -> Result<()> {
+            use std::io::{Seek, Write};
+            let mut f: &fs::File = journal_lock.file();
+            f.set_len(0).and_then(|_| f.seek(std::io::SeekFrom::Start(0))).map_err(io_err(&journal))?;
+            f.write_all(format!("{}\n{}\n{phase}\n", self.plan.lowerdir.display(), new_plan.lowerdir.display()).as_bytes()).map_err(io_err(&journal))?;
+            f.sync_all().map_err(io_err(&journal))
+        };
+        write_journal("staging")?;
 
         // 1. Stage copies of the files only the old lower store has, checked against their rows.
         let staging = staging_dir(&self.upper_layer);
@@ -236,6 +249,8 @@ impl OverlayStore {
         let _ = remove_tree(&staging);
 
         // 3. The database, in one transaction: drop rows, refresh from the new lower store.
+        //    From here on an interrupted pivot may have committed: recovery rolls forward.
+        write_journal("committing")?;
         let new_lower = open_lower(new_spec.lower_store.as_deref().expect("checked"))?;
         let db_result = (|| -> Result<()> {
             let graph = self.upper.db().load_graph()?;
@@ -285,12 +300,29 @@ impl OverlayStore {
         Ok(())
     }
 
-    /// After a pivot that died before its commit: put the old mount back.
+    /// After a pivot that died before its commit: put the old mount back. A pivot still
+    /// running (its journal locked) is left alone; one that died while committing is not
+    /// rolled back (the database may already describe the new lower store).
     pub(crate) fn recover_pivot(plan: &MountPlan, upper_layer: &Path, state: &Path) -> Result<()> {
         let journal = journal_path(state);
+        if !journal.exists() {
+            return Ok(());
+        }
+        let Ok(Some(_held)) = FileLock::acquire(&journal, LockKind::Exclusive, false) else {
+            return Ok(());
+        };
         let Ok(text) = fs::read_to_string(&journal) else { return Ok(()) };
         let mut lines = text.lines();
         let (old, new) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+        if lines.next() == Some("committing") {
+            tracing::warn!(
+                "a pivot from '{old}' to '{new}' was interrupted while committing: it is not rolled back; \
+                 use the spec with the new lower store (and `verify --check-contents`)"
+            );
+            let _ = remove_tree(&staging_dir(upper_layer));
+            let _ = fs::remove_file(&journal);
+            return Ok(());
+        }
         if Path::new(old) != plan.lowerdir {
             tracing::warn!(
                 "a pivot from '{old}' to '{new}' was interrupted; this spec names another lower store, so it is left as it is (re-run the pivot)"
