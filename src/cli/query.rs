@@ -102,8 +102,8 @@ pub fn run(store: &dyn Store, args: &QueryArgs, spec: &StoreSpec) -> CliResult {
         for p in &paths {
             info_of(store, p)?;
         }
-        for info in topo_sort(store.closure(&paths)?)? {
-            line(&sd.display(&info.path))?;
+        for p in store.requisites(&paths)? {
+            line(&sd.display(&p))?;
         }
     } else if args.referrers_closure {
         for p in &paths {

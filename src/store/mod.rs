@@ -95,6 +95,50 @@ pub trait Store {
     fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>>;
     /// Every path the store's database registers.
     fn all_paths(&self) -> Result<Vec<StorePath>>;
+    /// The closure of `roots`, dependencies first (`query --requisites`).
+    fn requisites(&self, roots: &[StorePath]) -> Result<Vec<StorePath>> {
+        Ok(topo_sort(self.closure(roots)?)?.into_iter().map(|i| i.path).collect())
+    }
+}
+
+/// Dependencies first over an index graph (`refs[i]`: what `i` refers to), ties broken by
+/// path so the order is stable. Works on indices: no path is cloned or hashed.
+pub fn topo_order(paths: &[StorePath], refs: &[Vec<u32>]) -> std::result::Result<Vec<u32>, u32> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let n = paths.len();
+    let mut by_path: Vec<u32> = (0..n as u32).collect();
+    by_path.sort_unstable_by(|&a, &b| paths[a as usize].cmp(&paths[b as usize]));
+    let mut rank = vec![0u32; n];
+    for (r, &i) in by_path.iter().enumerate() {
+        rank[i as usize] = r as u32;
+    }
+    let mut pending = vec![0u32; n];
+    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (i, rs) in refs.iter().enumerate() {
+        for &r in rs {
+            if r as usize != i {
+                pending[i] += 1;
+                dependents[r as usize].push(i as u32);
+            }
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<u32>> = (0..n).filter(|&i| pending[i] == 0).map(|i| Reverse(rank[i])).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse(r)) = ready.pop() {
+        let i = by_path[r as usize];
+        order.push(i);
+        for &d in &dependents[i as usize] {
+            pending[d as usize] -= 1;
+            if pending[d as usize] == 0 {
+                ready.push(Reverse(rank[d as usize]));
+            }
+        }
+    }
+    if order.len() != n {
+        return Err((0..n as u32).find(|&i| pending[i as usize] > 0).expect("a path in a cycle"));
+    }
+    Ok(order)
 }
 
 /// Orders infos so that every path comes after its references (dependencies first);

@@ -72,7 +72,7 @@ pub struct Registration {
     pub drv_outputs: Vec<(String, StorePath)>,
 }
 
-const INFO_COLUMNS: &str = "id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca";
+const INFO_COLUMNS: &str = "v.id, v.path, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca";
 
 impl Database {
     /// Opens the database; `create_schema` runs the schema (for a new store, or one whose
@@ -90,7 +90,7 @@ impl Database {
         .map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(3600)).map_err(db_err)?;
         // A bigger page cache keeps closure walks over 100k-path stores in memory.
-        conn.execute_batch("pragma cache_size = -65536;").map_err(db_err)?;
+        conn.execute_batch("pragma cache_size = -65536; pragma mmap_size = 1073741824;").map_err(db_err)?;
         if mode == OpenMode::ReadWrite {
             conn.execute_batch(
                 "pragma foreign_keys = 1;
@@ -198,7 +198,7 @@ impl Database {
         let full = self.store_dir.display(path);
         let mut stmt = self
             .conn
-            .prepare_cached(&format!("select {INFO_COLUMNS} from ValidPaths where path = ?"))
+            .prepare_cached(&format!("select {INFO_COLUMNS} from ValidPaths v where v.path = ?"))
             .map_err(self.err())?;
         let mut rows = stmt.query([full]).map_err(self.err())?;
         let Some(row) = rows.next().map_err(self.err())? else {
@@ -266,12 +266,24 @@ impl Database {
     /// this database are returned in the second list.
     pub fn closure(&self, roots: &[StorePath]) -> Result<(Vec<PathInfo>, Vec<StorePath>)> {
         let tx_guard = self.read_snapshot()?;
+        let missing = self.fill_closure_ids(roots)?;
+        let infos = self.collect_closure("with closure(id) as (select id from temp.ClosureIds)")?;
+        drop(tx_guard);
+        Ok((infos, missing))
+    }
+
+    /// Computes the closure of `roots` once into `temp.ClosureIds` (one recursive
+    /// query); returns the roots this database lacks.
+    fn fill_closure_ids(&self, roots: &[StorePath]) -> Result<Vec<StorePath>> {
         self.conn
-            .execute_batch("create temp table if not exists ClosureRoots (id integer primary key); delete from ClosureRoots;")
+            .execute_batch(
+                "create temp table if not exists ClosureRoots (id integer primary key); delete from temp.ClosureRoots;
+                 create temp table if not exists ClosureIds (id integer primary key); delete from temp.ClosureIds;",
+            )
             .map_err(self.err())?;
         let mut missing = Vec::new();
         {
-            let mut ins = self.conn.prepare_cached("insert or ignore into ClosureRoots values (?)").map_err(self.err())?;
+            let mut ins = self.conn.prepare_cached("insert or ignore into temp.ClosureRoots values (?)").map_err(self.err())?;
             for r in roots {
                 match self.id_of(r)? {
                     Some(id) => {
@@ -281,14 +293,52 @@ impl Database {
                 }
             }
         }
-        let infos = self.collect_closure(
-            "with recursive closure(id) as (
-                 select id from temp.ClosureRoots
-                 union
-                 select r.reference from Refs r join closure c on r.referrer = c.id)",
-        )?;
-        drop(tx_guard);
-        Ok((infos, missing))
+        self.conn
+            .execute_batch(
+                "insert into temp.ClosureIds
+                 with recursive closure(id) as (
+                     select id from temp.ClosureRoots
+                     union
+                     select r.reference from Refs r join closure c on r.referrer = c.id)
+                 select id from closure;",
+            )
+            .map_err(self.err())?;
+        Ok(missing)
+    }
+
+    /// The closure of `roots` as a graph: paths and, per path, the indices of its
+    /// references (self-references left out). Cheaper than full infos when only the
+    /// shape is needed (`query --requisites`).
+    pub fn closure_graph(&self, roots: &[StorePath]) -> Result<(Vec<StorePath>, Vec<Vec<u32>>, Vec<StorePath>)> {
+        let _snap = self.read_snapshot()?;
+        let missing = self.fill_closure_ids(roots)?;
+        let mut paths = Vec::new();
+        let mut index: HashMap<i64, u32> = HashMap::new();
+        {
+            let mut stmt = self.conn.prepare("select v.id, v.path from temp.ClosureIds c join ValidPaths v on v.id = c.id").map_err(self.err())?;
+            let mut rows = stmt.query([]).map_err(self.err())?;
+            while let Some(row) = rows.next().map_err(self.err())? {
+                let id: i64 = row.get(0).map_err(self.err())?;
+                let p = row.get_ref(1).map_err(self.err())?.as_str().map_err(|e| self.err()(e.into()))?;
+                index.insert(id, paths.len() as u32);
+                paths.push(self.parse_path(p)?);
+            }
+        }
+        let mut refs = vec![Vec::new(); paths.len()];
+        let mut stmt = self
+            .conn
+            .prepare("select r.referrer, r.reference from temp.ClosureIds c join Refs r on r.referrer = c.id")
+            .map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let (a, b): (i64, i64) = (row.get(0).map_err(self.err())?, row.get(1).map_err(self.err())?);
+            if a != b {
+                if let (Some(&a), Some(&b)) = (index.get(&a), index.get(&b)) {
+                    refs[a as usize].push(b);
+                }
+            }
+        }
+        Ok((paths, refs, missing))
     }
 
     /// Runs a `with … closure(id)` prefix and loads the rows and references it names.
@@ -298,7 +348,7 @@ impl Database {
         {
             let mut stmt = self
                 .conn
-                .prepare(&format!("{with} select {INFO_COLUMNS} from ValidPaths where id in (select id from closure)"))
+                .prepare(&format!("{with} select {INFO_COLUMNS} from closure c join ValidPaths v on v.id = c.id"))
                 .map_err(self.err())?;
             let mut rows = stmt.query([]).map_err(self.err())?;
             while let Some(row) = rows.next().map_err(self.err())? {
@@ -309,7 +359,7 @@ impl Database {
         }
         let mut stmt = self
             .conn
-            .prepare(&format!("{with} select referrer, reference from Refs where referrer in (select id from closure)"))
+            .prepare(&format!("{with} select r.referrer, r.reference from closure c join Refs r on r.referrer = c.id"))
             .map_err(self.err())?;
         let mut rows = stmt.query([]).map_err(self.err())?;
         while let Some(row) = rows.next().map_err(self.err())? {

@@ -344,5 +344,15 @@ impl Store for LocalStore {
     fn all_paths(&self) -> Result<Vec<StorePath>> {
         self.db.all_paths()
     }
+
+    fn requisites(&self, roots: &[StorePath]) -> Result<Vec<StorePath>> {
+        let (paths, refs, missing) = self.db.closure_graph(roots)?;
+        if let Some(m) = missing.first() {
+            return Err(StoreError::NotValid(self.config.store_dir.display(m)));
+        }
+        let order = crate::store::topo_order(&paths, &refs).map_err(|i| StoreError::Cycle(paths[i as usize].to_string()))?;
+        let mut slots: Vec<Option<StorePath>> = paths.into_iter().map(Some).collect();
+        Ok(order.into_iter().map(|i| slots[i as usize].take().expect("each once")).collect())
+    }
 }
 
