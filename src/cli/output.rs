@@ -82,17 +82,20 @@ pub fn path_info(store: &dyn Store, args: &PathInfoArgs) -> CliResult {
     if need_closure && !wanted.is_empty() {
         closure_infos = store.closure(&wanted)?;
     }
+    let sizes = if args.closure_size { closure_sizes(&closure_infos) } else { HashMap::new() };
     if args.recursive {
-        infos = closure_infos.iter().map(|i| (i.path.clone(), i.clone())).collect();
+        infos = closure_infos.into_iter().map(|i| (i.path.clone(), i)).collect();
     } else {
         for p in &wanted {
             let i = store.path_info(p)?.ok_or_else(|| CliError::from(StoreError::NotValid(sd.display(p))))?;
             infos.insert(p.clone(), i);
         }
     }
-    let sizes = if args.closure_size { closure_sizes(&closure_infos) } else { HashMap::new() };
     let mut out = stdout();
-    if args.json {
+    if args.json && !std::io::stdout().is_terminal() {
+        // Streamed compactly: a closure of 10,000 paths needs no tree of JSON values.
+        write_json_stream(&mut out, store, &infos, &invalid, &sizes).map_err(out_err)?;
+    } else if args.json {
         let mut obj = Map::new();
         for (p, info) in &infos {
             obj.insert(sd.display(p), info_json(store, info, sizes.get(p).copied()));
@@ -123,4 +126,71 @@ pub fn path_info(store: &dyn Store, args: &PathInfoArgs) -> CliResult {
         }
     }
     out.flush().map_err(out_err)
+}
+
+/// The same JSON as `info_json`, written field by field.
+fn write_json_stream(
+    out: &mut impl Write,
+    store: &dyn Store,
+    infos: &BTreeMap<StorePath, PathInfo>,
+    invalid: &[StorePath],
+    sizes: &HashMap<StorePath, u64>,
+) -> std::io::Result<()> {
+    let sd = store.store_dir();
+    let q = |out: &mut dyn Write, s: &str| serde_json::to_writer(out, s).map_err(std::io::Error::from);
+    out.write_all(b"{")?;
+    let mut first = true;
+    for (p, info) in infos {
+        if !first {
+            out.write_all(b",")?;
+        }
+        first = false;
+        q(out, &sd.display(p))?;
+        out.write_all(b":{\"ca\":")?;
+        match &info.ca {
+            Some(c) => q(out, &c.to_string())?,
+            None => out.write_all(b"null")?,
+        }
+        if let Some(n) = sizes.get(p) {
+            write!(out, ",\"closureSize\":{n}")?;
+        }
+        out.write_all(b",\"deriver\":")?;
+        match &info.deriver {
+            Some(d) => q(out, &sd.display(d))?,
+            None => out.write_all(b"null")?,
+        }
+        write!(out, ",\"narHash\":\"{}\",\"narSize\":{},\"references\":[", info.nar_hash.to_sri(), info.nar_size)?;
+        for (k, r) in info.references.iter().enumerate() {
+            if k > 0 {
+                out.write_all(b",")?;
+            }
+            q(out, &sd.display(r))?;
+        }
+        out.write_all(b"],\"registrationTime\":")?;
+        if info.registration_time != 0 {
+            write!(out, "{}", info.registration_time)?;
+        } else {
+            out.write_all(b"null")?;
+        }
+        out.write_all(b",\"signatures\":[")?;
+        for (k, sig) in info.sigs.iter().enumerate() {
+            if k > 0 {
+                out.write_all(b",")?;
+            }
+            q(out, sig)?;
+        }
+        out.write_all(b"],\"storeDir\":")?;
+        q(out, sd.as_str())?;
+        write!(out, ",\"ultimate\":{},\"version\":1}}", info.ultimate)?;
+    }
+    for p in invalid {
+        tracing::warn!("path '{}' is not valid", sd.display(p));
+        if !first {
+            out.write_all(b",")?;
+        }
+        first = false;
+        q(out, &sd.display(p))?;
+        out.write_all(b":null")?;
+    }
+    out.write_all(b"}\n")
 }
