@@ -11,6 +11,8 @@ use super::padding;
 
 const ZEROS: [u8; 8] = [0; 8];
 const CHUNK: usize = 1 << 20;
+/// Files at least this big are copied and hashed on two threads.
+const PIPELINE_THRESHOLD: u64 = 8 << 20;
 
 /// Emits NAR tokens to any writer.
 pub struct NarWriter<W: Write> {
@@ -71,6 +73,58 @@ impl<W: Write> NarWriter<W> {
         self.str(b")")
     }
 
+    /// Like `regular`, copying the contents to `copy` on this thread while another
+    /// thread feeds the same bytes to the NAR writer (the hash): each byte is read once,
+    /// and hashing overlaps the copy.
+    pub fn regular_pipelined(&mut self, executable: bool, size: u64, data: &mut dyn Read, copy: &mut dyn Write) -> io::Result<()>
+    where
+        W: Send,
+    {
+        use std::sync::mpsc::sync_channel;
+        self.strs(&["(", "type", "regular"])?;
+        if executable {
+            self.strs(&["executable", ""])?;
+        }
+        self.str(b"contents")?;
+        self.out.write_all(&size.to_le_bytes())?;
+        let out = &mut self.out;
+        let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(4);
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(4);
+        for _ in 0..4 {
+            empty_tx.send(vec![0u8; CHUNK]).expect("room for four buffers");
+        }
+        let hashed = std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || -> io::Result<()> {
+                for (buf, n) in full_rx {
+                    out.write_all(&buf[..n])?;
+                    let _ = empty_tx.send(buf);
+                }
+                Ok(())
+            });
+            let mut left = size;
+            let result = (|| -> io::Result<()> {
+                while left > 0 {
+                    let mut buf = empty_rx.recv().map_err(|_| io::Error::other("the hashing thread stopped"))?;
+                    let want = buf.len().min(left as usize);
+                    let n = data.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was being read"));
+                    }
+                    copy.write_all(&buf[..n])?;
+                    left -= n as u64;
+                    full_tx.send((buf, n)).map_err(|_| io::Error::other("the hashing thread stopped"))?;
+                }
+                Ok(())
+            })();
+            drop(full_tx);
+            let h = hasher.join().map_err(|_| io::Error::other("the hashing thread panicked"))?;
+            result.and(h)
+        });
+        hashed?;
+        self.out.write_all(&ZEROS[..padding(size)])?;
+        self.str(b")")
+    }
+
     pub fn symlink(&mut self, target: &[u8]) -> io::Result<()> {
         self.strs(&["(", "type", "symlink", "target"])?;
         self.str(target)?;
@@ -82,17 +136,17 @@ impl<W: Write> NarWriter<W> {
 pub fn dump_path<W: Write>(path: &Path, out: W) -> io::Result<W> {
     let mut w = NarWriter::new(out);
     w.magic()?;
-    dump_node(&mut w, path, None)?;
+    dump_node(&mut w, path, None, copy_plain::<W>)?;
     Ok(w.into_inner())
 }
 
 /// Writes the NAR of `src` to `out` and, in the same pass, copies `src` to `dst`
 /// canonicalised as a store object (modes 0444/0555, mtime 1). One read of every file
 /// serves both the hash and the copy.
-pub fn dump_path_copying<W: Write>(src: &Path, dst: &Path, out: W) -> io::Result<W> {
+pub fn dump_path_copying<W: Write + Send>(src: &Path, dst: &Path, out: W) -> io::Result<W> {
     let mut w = NarWriter::new(out);
     w.magic()?;
-    dump_node(&mut w, src, Some(dst))?;
+    dump_node(&mut w, src, Some(dst), copy_pipelined::<W>)?;
     Ok(w.into_inner())
 }
 
@@ -100,7 +154,18 @@ fn unsupported(path: &Path) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("file '{}' has an unsupported type", path.display()))
 }
 
-fn dump_node<W: Write>(w: &mut NarWriter<W>, path: &Path, copy_to: Option<&Path>) -> io::Result<()> {
+/// How a big file's bytes reach both the copy and the NAR.
+type CopyFile<W> = fn(&mut NarWriter<W>, bool, u64, &mut fs::File, &mut fs::File) -> io::Result<()>;
+
+fn copy_plain<W: Write>(w: &mut NarWriter<W>, executable: bool, size: u64, src: &mut fs::File, dst: &mut fs::File) -> io::Result<()> {
+    w.regular(executable, size, src, &mut |chunk| dst.write_all(chunk))
+}
+
+fn copy_pipelined<W: Write + Send>(w: &mut NarWriter<W>, executable: bool, size: u64, src: &mut fs::File, dst: &mut fs::File) -> io::Result<()> {
+    w.regular_pipelined(executable, size, src, dst)
+}
+
+fn dump_node<W: Write>(w: &mut NarWriter<W>, path: &Path, copy_to: Option<&Path>, copy_big: CopyFile<W>) -> io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
     let ft = meta.file_type();
     if ft.is_file() {
@@ -110,7 +175,11 @@ fn dump_node<W: Write>(w: &mut NarWriter<W>, path: &Path, copy_to: Option<&Path>
             None => w.regular(executable, meta.len(), &mut file, &mut |_| Ok(())),
             Some(dst) => {
                 let mut out = fs::OpenOptions::new().write(true).create_new(true).open(dst)?;
-                w.regular(executable, meta.len(), &mut file, &mut |chunk| out.write_all(chunk))?;
+                if meta.len() >= PIPELINE_THRESHOLD {
+                    copy_big(w, executable, meta.len(), &mut file, &mut out)?;
+                } else {
+                    w.regular(executable, meta.len(), &mut file, &mut |chunk| out.write_all(chunk))?;
+                }
                 drop(out);
                 crate::store::local::canonicalise::canonicalise_file(dst, executable)
             }
@@ -136,7 +205,7 @@ fn dump_node<W: Write>(w: &mut NarWriter<W>, path: &Path, copy_to: Option<&Path>
             w.str(name.as_bytes())?;
             w.str(b"node")?;
             let child_dst = copy_to.map(|d| d.join(&name));
-            dump_node(w, &path.join(&name), child_dst.as_deref())?;
+            dump_node(w, &path.join(&name), child_dst.as_deref(), copy_big)?;
             w.str(b")")?;
         }
         w.str(b")")?;
