@@ -1,0 +1,209 @@
+//! Running and timing whole processes: wall time from spawn to exit, CPU time (user +
+//! system) from `getrusage(RUSAGE_CHILDREN)`, stdout to /dev/null, stderr to a log file
+//! (read back only when the process fails), stdin from /dev/null or a file.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A command line with its environment additions and where its stdin comes from.
+#[derive(Clone, Debug)]
+pub struct Cmd {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub stdin: Option<PathBuf>,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<PathBuf>) -> Cmd {
+        Cmd { program: program.into(), args: Vec::new(), env: Vec::new(), stdin: None }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Cmd {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, it: I) -> Cmd {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn envs(mut self, env: &[(OsString, OsString)]) -> Cmd {
+        self.env.extend(env.iter().cloned());
+        self
+    }
+
+    pub fn stdin_from(mut self, file: &Path) -> Cmd {
+        self.stdin = Some(file.to_path_buf());
+        self
+    }
+
+    /// As a shell would show it: the program's file name, long argument lists shortened.
+    pub fn display(&self) -> String {
+        let mut s = self.program.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        for (i, a) in self.args.iter().enumerate() {
+            if i == 3 && self.args.len() > 10 {
+                s.push_str(&format!(" … ({} more arguments)", self.args.len() - 3));
+                break;
+            }
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        if let Some(f) = &self.stdin {
+            s.push_str(&format!(" < {}", f.display()));
+        }
+        s
+    }
+
+    fn command(&self) -> Result<Command, String> {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        match &self.stdin {
+            Some(f) => {
+                c.stdin(fs::File::open(f).map_err(|e| format!("{}: {e}", f.display()))?);
+            }
+            None => {
+                c.stdin(Stdio::null());
+            }
+        }
+        Ok(c)
+    }
+
+    /// Runs once, untimed, capturing stdout and stderr; an error unless it exits 0.
+    pub fn output(&self) -> Result<(String, String), String> {
+        let out = self.command()?.output().map_err(|e| format!("{}: {e}", self.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.success() {
+            Ok((stdout, stderr))
+        } else {
+            Err(format!("`{}` failed ({}): {}", self.display(), out.status, tail(&stderr)))
+        }
+    }
+
+    /// Runs once with stdout to /dev/null and stderr to `log`: wall and CPU time.
+    pub fn time(&self, log: &Path) -> Result<Sample, String> {
+        let mut c = self.command()?;
+        let err = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        c.stdout(Stdio::null()).stderr(err);
+        let cpu0 = children_cpu();
+        let t = Instant::now();
+        let status = c.status().map_err(|e| format!("{}: {e}", self.display()))?;
+        let wall = t.elapsed();
+        let cpu = children_cpu().saturating_sub(cpu0);
+        if status.success() {
+            Ok(Sample { wall, cpu })
+        } else {
+            let stderr = fs::read_to_string(log).unwrap_or_default();
+            Err(format!("`{}` failed ({status}): {}", self.display(), tail(&stderr)))
+        }
+    }
+}
+
+/// The last few lines of a program's stderr, on one line.
+fn tail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
+}
+
+/// User plus system CPU time of all waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    timeval(ru.ru_utime) + timeval(ru.ru_stime)
+}
+
+fn own_cpu() -> Duration {
+    // SAFETY: as above.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    timeval(ru.ru_utime) + timeval(ru.ru_stime) + children_cpu()
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+/// The timed runs of one command.
+#[derive(Clone, Debug, Default)]
+pub struct Series(pub Vec<Sample>);
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    assert!(!v.is_empty(), "no samples");
+    v.sort();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+impl Series {
+    pub fn median(&self) -> Duration {
+        median(self.0.iter().map(|s| s.wall).collect())
+    }
+    pub fn cpu(&self) -> Duration {
+        median(self.0.iter().map(|s| s.cpu).collect())
+    }
+    pub fn min(&self) -> Duration {
+        self.0.iter().map(|s| s.wall).min().unwrap_or_default()
+    }
+    pub fn max(&self) -> Duration {
+        self.0.iter().map(|s| s.wall).max().unwrap_or_default()
+    }
+    pub fn runs(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// CPU the rest of the machine used over an interval: all busy time in `/proc/stat`
+/// minus this process's and its children's. Kernel threads working for us (write-back,
+/// RCU callbacks of mass deletions) count as "rest", so a little is always there.
+pub struct CpuMeter {
+    busy: f64,
+    own: Duration,
+    at: Instant,
+}
+
+fn machine_busy_secs() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return 0.0 };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy as f64 / hz
+}
+
+impl CpuMeter {
+    pub fn start() -> CpuMeter {
+        CpuMeter { busy: machine_busy_secs(), own: own_cpu(), at: Instant::now() }
+    }
+
+    /// Average number of cores kept busy by others since `start`.
+    pub fn other_cores(&self) -> f64 {
+        let wall = self.at.elapsed().as_secs_f64();
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        let busy = machine_busy_secs() - self.busy;
+        let own = own_cpu().saturating_sub(self.own).as_secs_f64();
+        ((busy - own) / wall).max(0.0)
+    }
+}
