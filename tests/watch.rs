@@ -102,6 +102,12 @@ fn watch_reloads_good_edits_and_survives_bad_ones() {
         let log = w.text();
         assert!(log.contains("store.toml") && log.contains("policy.lua"), "{log}");
         ours(&cfg, &["check-mount"]).ok();
+        // Reading the files (every command does) is not an edit: no reload.
+        for _ in 0..3 {
+            ours(&cfg, &["stats"]).ok();
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!w.text().contains("reloaded"), "a read caused a reload: {}", w.text());
 
         // The policy's GC decisions apply: `keep` survives the scheduled GC, `junk` goes.
         let keep = ours(&cfg, &["add", &write(&base.join("in/keep"), "k\n")]).ok().out().trim().to_string();

@@ -107,6 +107,20 @@ fn bring_up(l: &Loaded) -> StoreResult<OverlayStore> {
     OverlayStore::open_with_policy(&l.spec, OpenOptions { check_mount: true, read_only: false }, l.boxed_policy())
 }
 
+/// Whether an event can change a file's contents. Reads (ours included: every reload
+/// opens the files) and metadata changes such as access times are not edits.
+fn is_edit(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        _ => false,
+    }
+}
+
 /// Tells systemd we are ready, when it asked (`NOTIFY_SOCKET`).
 fn notify_systemd(state: &str) {
     let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else { return };
@@ -159,7 +173,7 @@ impl Service {
         while !self.stop.load(Ordering::Relaxed) {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(Ok(ev)) => {
-                    if ev.paths.iter().any(|p| files.iter().any(|f| f == p)) {
+                    if is_edit(&ev.kind) && ev.paths.iter().any(|p| files.iter().any(|f| f == p)) {
                         dirty_since = Some(Instant::now());
                     }
                 }
