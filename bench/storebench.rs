@@ -12,6 +12,14 @@
 //! - `STOREBENCH_BIN=FILE`: the `overlay-store` binary to time (default: the one cargo
 //!   built for this bench, in the bench profile, which is the release profile).
 //! - `STOREBENCH_NO_NIX=1`: time ours only, as if Nix were not installed.
+//! - `STOREBENCH_QUIET_WAIT=SECONDS`: before each benchmark, wait until the rest of the
+//!   machine is quiet (other load under 0.2 cores), at most this long over the whole run
+//!   (default 180; 0 never waits).
+//! - `STOREBENCH_ONLY=queries,verify,add`: run only some parts; the report then goes to
+//!   `<target>/release/storebench-partial.md`.
+//!
+//! Only a full run of every part rewrites `BENCHMARKS.md`; a hand-written section after
+//! its marker line is carried over.
 //!
 //! Nix runs as `nix-store --store local?root=ROOT …` (and `nix path-info` for the JSON
 //! comparison) with `build-users-group` empty, `nix-command` enabled and `HOME` in the
@@ -25,6 +33,7 @@ mod report;
 #[path = "storebench/run.rs"]
 mod run;
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -137,7 +146,7 @@ struct Nix {
 
 impl Nix {
     fn detect(home: &Path) -> Option<Nix> {
-        if std::env::var_os("STOREBENCH_NO_NIX").is_some_and(|v| !v.is_empty() && v != "0") {
+        if env_flag("STOREBENCH_NO_NIX") {
             return None;
         }
         let find = |name: &str| std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file());
@@ -260,17 +269,53 @@ struct Ctx {
     start: Instant,
     bin: PathBuf,
     nix: Option<Nix>,
+    /// What is left of the time we may spend waiting for a quiet machine.
+    wait_left: Cell<Duration>,
+    waited: Cell<Duration>,
 }
 
+/// Other load (in cores) under which the machine counts as quiet.
+const QUIET: f64 = 0.2;
+
 impl Ctx {
+    /// Waits, within the budget, until the rest of the machine is quiet, so a benchmark
+    /// does not start in the middle of someone else's build on a shared machine.
+    fn wait_quiet(&self) {
+        let step = Duration::from_millis(500);
+        let mut waited = Duration::ZERO;
+        loop {
+            let m = CpuMeter::start();
+            std::thread::sleep(step);
+            let load = m.other_cores();
+            if load < QUIET || self.wait_left.get().is_zero() {
+                break;
+            }
+            if waited.is_zero() {
+                log(self.start, &format!("waiting for a quiet machine (other load {load:.2} cores)"));
+            }
+            waited += step;
+            self.wait_left.set(self.wait_left.get().saturating_sub(step));
+        }
+        if !waited.is_zero() {
+            self.waited.set(self.waited.get() + waited);
+            log(self.start, &format!("  waited {}", report::dur(waited)));
+        }
+    }
+
     /// Checks, then times a query-like command pair (no state to reset).
     #[allow(clippy::too_many_arguments)]
     fn query(&self, id: &str, title: &str, store: &str, ours: Invocation, nix: Option<Invocation>, expect: Expect, runs: usize, target: Target) -> Bench {
+        self.wait_quiet();
         log(self.start, &format!("{title} [{store}]"));
         let notes = check_outputs(&ours, nix.as_ref(), expect);
         let meter = CpuMeter::start();
         let (o, n) = interleaved(&ours, nix.as_ref(), runs, &mut |_| Ok(()));
+        let answer = match expect {
+            Expect::Lines(n) | Expect::JsonPaths(n) => Some(n),
+            Expect::Same | Expect::Any => None,
+        };
         Bench {
+            answer,
             other_load: meter.other_cores(),
             id: id.into(),
             title: title.into(),
@@ -310,6 +355,7 @@ fn sync() {
 
 /// `add SRC` by both programs, each into its own store, `runs` times.
 fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Scratch, runs: usize, target: Target) -> Bench {
+    ctx.wait_quiet();
     log(ctx.start, title);
     let dir = scratch.dir.as_path();
     let ours_root = dir.join(format!("{id}-ours"));
@@ -362,6 +408,7 @@ fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Scratch, ru
         id: id.into(),
         title: title.into(),
         store: "own store per program".into(),
+        answer: None,
         other_load,
         ours_cmd: ours.display(),
         nix_cmd: nix.as_ref().map(Invocation::display),
@@ -595,19 +642,31 @@ fn main() {
         log(start, &format!("warning: other processes keep {:.2} cores busy; timings will be noisy", report.load_before));
     }
     let whole = CpuMeter::start();
-    let ctx = Ctx { start, bin, nix };
+    let budget = std::env::var("STOREBENCH_QUIET_WAIT").ok().and_then(|v| v.parse().ok()).unwrap_or(180);
+    let ctx = Ctx { start, bin, nix, wait_left: Cell::new(Duration::from_secs(budget)), waited: Cell::new(Duration::ZERO) };
 
-    if phases.queries {
-        query_phase(&ctx, &plan, &scratch, &mut report);
+    // I/O-heavy parts first, on a quiet file system; making and deleting the graph stores
+    // (hundreds of thousands of inodes) leaves the disk busy for a while.
+    if phases.add {
+        add_phase(&ctx, &plan, &scratch, &mut report);
     }
     if phases.verify {
         verify_phase(&ctx, &plan, &scratch, &mut report);
     }
-    if phases.add {
-        add_phase(&ctx, &plan, &scratch, &mut report);
+    if phases.queries {
+        query_phase(&ctx, &plan, &scratch, &mut report);
     }
+    // Presented queries first, then contents checking, then adding.
+    let rank = |id: &str| match id {
+        "verify" => 1,
+        i if i.starts_with("add") => 2,
+        _ => 0,
+    };
+    report.benches.sort_by_key(|b| rank(&b.id));
+    report.generated.sort_by_key(|(_, g)| g.anchors.is_none());
 
     report.load_during = whole.other_cores();
+    report.waited = ctx.waited.get();
     report.total_time = start.elapsed();
     let text = report.render(&plan_summary(&plan));
     fs::write(&out_path, &text).expect("write report");
