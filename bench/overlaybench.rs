@@ -29,6 +29,9 @@
 //! - `OVERLAYBENCH_BIN=FILE`: the binary to time (default: build it with
 //!   `cargo build --release --bin overlay-store` and time `<target>/release/overlay-store`).
 //! - `OVERLAYBENCH_NO_NIX=1`: skip what needs Nix (GC against Nix, the daemon).
+//! - `OVERLAYBENCH_PROFILE=DIR`: after timing, run each command once more under
+//!   `perf record --call-graph dwarf` and once under `strace -f -c` (untimed), writing
+//!   `DIR/<benchmark>-<contender>.{perf,strace}`; for finding where the time goes.
 //!
 //! Must run as root: it unshares a mount namespace (so every mount it and its children
 //! make disappears when it exits), mounts a tmpfs and OverlayFS.
@@ -104,8 +107,8 @@ impl Plan {
                 upper_garbage: 10_000,
                 copy_runs: 11,
                 daemon_runs: 7,
-                lua_runs: 7,
-                gc_runs: 5,
+                lua_runs: 5,
+                gc_runs: 3,
             }
         }
     }
@@ -408,16 +411,31 @@ struct Entry<'a> {
     after: Box<dyn FnMut() -> Result<(), String> + 'a>,
 }
 
+/// What a measurement produced: the contenders' series, the load of other processes
+/// meanwhile, and each contender's output (stdout then stderr) from its checking run.
+struct Measured {
+    contenders: Vec<Contender>,
+    other_load: f64,
+    outputs: Vec<String>,
+}
+
 /// Runs each entry once untimed (a failed check becomes a note), then `runs` timed runs
-/// of each, interleaved with a rotating order so machine drift hits all alike.
-fn measure(ctx: &Ctx, entries: Vec<Entry<'_>>, runs: usize, notes: &mut Vec<String>) -> (Vec<Contender>, f64) {
+/// of each, interleaved with a rotating order so machine drift hits all alike. With
+/// `OVERLAYBENCH_PROFILE=DIR`, each entry then runs once more under `perf record` and
+/// once under `strace -c` (untimed), into `DIR/<id>-<label>.{perf,strace}`.
+fn measure(ctx: &Ctx, id: &str, entries: Vec<Entry<'_>>, runs: usize, notes: &mut Vec<String>) -> Measured {
     let mut entries = entries;
     let mut results: Vec<Result<Series, String>> = entries.iter().map(|_| Ok(Series::default())).collect();
+    let mut outputs = Vec::new();
     for (e, r) in entries.iter_mut().zip(results.iter_mut()) {
-        let checked = (e.before)().and_then(|()| e.cmd.output().map(|_| ())).and_then(|()| (e.after)());
-        if let Err(err) = checked {
-            notes.push(format!("{}: the untimed checking run failed: {err}", e.label));
-            *r = Err(err);
+        let checked = (e.before)().and_then(|()| e.cmd.output()).and_then(|out| (e.after)().map(|()| out));
+        match checked {
+            Ok((o, err)) => outputs.push(format!("{o}{err}")),
+            Err(err) => {
+                notes.push(format!("{}: the untimed checking run failed: {err}", e.label));
+                outputs.push(String::new());
+                *r = Err(err);
+            }
         }
     }
     let meter = CpuMeter::start();
@@ -439,9 +457,31 @@ fn measure(ctx: &Ctx, entries: Vec<Entry<'_>>, runs: usize, notes: &mut Vec<Stri
             }
         }
     }
-    let other = meter.other_cores();
+    let other_load = meter.other_cores();
+    if let Some(dir) = &ctx.profile {
+        for e in entries.iter_mut() {
+            let name: String = format!("{id}-{}", e.label).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            let perf_file = dir.join(format!("{name}.perf"));
+            let strace_file = dir.join(format!("{name}.strace"));
+            let wrap = |pre: Vec<OsString>| {
+                let mut c = e.cmd.clone();
+                c.args = pre.into_iter().chain(std::iter::once(c.program.clone().into_os_string())).chain(c.args).collect();
+                c.program = PathBuf::from(&c.args[0]);
+                c.args.remove(0);
+                c
+            };
+            let perf = wrap(["perf", "record", "--call-graph", "dwarf,8192", "-F", "999", "-o"].map(OsString::from).into_iter().chain([perf_file.clone().into_os_string(), "--".into()]).collect());
+            let strace = wrap(["strace", "-f", "-c", "-o"].map(OsString::from).into_iter().chain([strace_file.clone().into_os_string()]).collect());
+            for (c, file) in [(perf, perf_file), (strace, strace_file)] {
+                match (e.before)().and_then(|()| c.output()).and_then(|_| (e.after)()) {
+                    Ok(()) => notes.push(format!("{}: profiled (untimed) into `{}`", e.label, file.display())),
+                    Err(err) => notes.push(format!("{}: profiling run failed: {err}", e.label)),
+                }
+            }
+        }
+    }
     let contenders = entries.into_iter().zip(results).map(|(e, series)| Contender { label: e.label, cmd: e.cmd.display(), series }).collect();
-    (contenders, other)
+    Measured { contenders, other_load, outputs }
 }
 
 struct Ctx {
@@ -450,6 +490,8 @@ struct Ctx {
     nix: Option<Nix>,
     scratch: PathBuf,
     repo: PathBuf,
+    /// `OVERLAYBENCH_PROFILE`: where profiling runs write their data.
+    profile: Option<PathBuf>,
 }
 
 /// A generated lower store and what the benchmarks ask of it.
@@ -491,7 +533,7 @@ fn copy_up_bench(ctx: &Ctx, lower: &Lower, runs: usize, target: Target) -> Bench
         before: Box::new(|| ov.reset(&bin)),
         after: Box::new(|| expect_rows(&ov, want)),
     }];
-    let (contenders, other_load) = measure(ctx, entries, runs, &mut notes);
+    let Measured { contenders, other_load, .. } = measure(ctx, &id, entries, runs, &mut notes);
     let _ = ov.umount(&ctx.bin);
     Bench {
         id,
@@ -555,7 +597,7 @@ fn import_bench(ctx: &Ctx, lower: &Lower, runs: usize, target: Target) -> Bench 
             }
         }),
     }];
-    let (contenders, other_load) = measure(ctx, entries, runs, &mut notes);
+    let Measured { contenders, other_load, .. } = measure(ctx, &id, entries, runs, &mut notes);
     let _ = ov.umount(&ctx.bin);
     Bench {
         id,
@@ -614,7 +656,7 @@ fn daemon_bench(ctx: &Ctx, nix: &Nix, lower: &Lower, runs: usize) -> Bench {
         before: Box::new(|| ov.reset(&bin)),
         after: Box::new(|| expect_rows(&ov, want)),
     }];
-    let (contenders, other_load) = measure(ctx, entries, runs, &mut notes);
+    let Measured { contenders, other_load, .. } = measure(ctx, "daemon", entries, runs, &mut notes);
     let _ = ov.umount(&ctx.bin);
     drop(daemon);
     Bench { id: "daemon".into(), number: "5", title, store, contenders, target, other_load, notes }
@@ -675,7 +717,7 @@ fn lua_bench(ctx: &Ctx, lower: &Lower, n: usize, runs: usize) -> Bench {
         Entry { label: "no policy".into(), cmd: plain.cmd(&ctx.bin, &["gc"]), before: Box::new(regen), after: Box::new(check) },
         Entry { label: "lua/default.lua".into(), cmd: lua.cmd(&ctx.bin, &["gc"]), before: Box::new(regen), after: Box::new(check) },
     ];
-    let (contenders, other_load) = measure(ctx, entries, runs, &mut notes);
+    let Measured { contenders, other_load, .. } = measure(ctx, "lua-gc", entries, runs, &mut notes);
     let rt = regen_time.borrow().clone();
     if !rt.is_empty() {
         notes.push(format!("writing the upper garbage again (files and rows, untimed) took {} (median)", dur(run::median(rt))));
@@ -739,22 +781,19 @@ fn gc_bench(ctx: &Ctx, nix: &Nix, gcs: &stores::GcStore, root: &Path, runs: usiz
     let ours = Cmd::new(&ctx.bin).arg("--store").arg(&uri).arg("gc");
     let nix_cmd = Cmd::new(&nix.nix_store).arg("--store").arg(root).arg("--gc").envs(&nix.env);
     let rm = Cmd::new("rm").arg("-rf").args(dead_dirs.iter());
-    // The deletion summaries of one untimed run each.
-    for (label, cmd) in [("ours", &ours), ("Nix", &nix_cmd)] {
-        let said = regen().and_then(|()| cmd.output()).map(|(o, e)| {
-            o.lines().chain(e.lines()).filter(|l| l.contains("store paths deleted")).collect::<Vec<_>>().join(" ")
-        });
-        match said.and_then(|s| check().map(|()| s)) {
-            Ok(s) => notes.push(format!("{label} said: `{s}`")),
-            Err(e) => notes.push(format!("{label}: the summary run failed: {e}")),
-        }
-    }
     let entries = vec![
         Entry { label: "ours".into(), cmd: ours, before: Box::new(regen), after: Box::new(check) },
         Entry { label: "Nix".into(), cmd: nix_cmd, before: Box::new(regen), after: Box::new(check) },
         Entry { label: "`rm -rf` floor".into(), cmd: rm, before: Box::new(regen), after: Box::new(check_rm) },
     ];
-    let (contenders, other_load) = measure(ctx, entries, runs, &mut notes);
+    let Measured { contenders, other_load, outputs } = measure(ctx, "gc-vs-nix", entries, runs, &mut notes);
+    // The deletion summaries of the checking runs.
+    for (label, out) in ["ours", "Nix"].iter().zip(&outputs) {
+        let said: Vec<&str> = out.lines().filter(|l| l.contains("store paths deleted")).collect();
+        if !said.is_empty() {
+            notes.push(format!("{label} said: `{}`", said.join(" ")));
+        }
+    }
     let rt = regen_time.borrow().clone();
     if !rt.is_empty() {
         notes.push(format!("writing the dead part again (files and rows, untimed) took {} (median)", dur(run::median(rt))));
@@ -918,7 +957,11 @@ fn main() {
         load_before,
         disturbed,
     };
-    let ctx = Ctx { start, bin, nix, scratch: scratch.dir.clone(), repo: repo.clone() };
+    let profile = std::env::var_os("OVERLAYBENCH_PROFILE").map(PathBuf::from);
+    if let Some(p) = &profile {
+        fs::create_dir_all(p).expect("create the OVERLAYBENCH_PROFILE directory");
+    }
+    let ctx = Ctx { start, bin, nix, scratch: scratch.dir.clone(), repo: repo.clone(), profile };
 
     // The stores.
     let need_small = parts.copyup || parts.import || parts.lua;

@@ -309,7 +309,8 @@ impl Report {
              `target/release/overlay-store` with `cargo build --release --bin overlay-store`, and puts its stores on a tmpfs it \
              mounts itself (or under `$OVERLAYBENCH_DIR`); every mount disappears when it exits. Other knobs: \
              `OVERLAYBENCH_BIN` (the binary to time, skipping the build), `OVERLAYBENCH_OUT` (report file), \
-             `OVERLAYBENCH_KEEP=1` (keep the scratch directory; only with `OVERLAYBENCH_DIR`), `OVERLAYBENCH_NO_NIX=1`. \
+             `OVERLAYBENCH_KEEP=1` (keep the scratch directory; only with `OVERLAYBENCH_DIR`), `OVERLAYBENCH_NO_NIX=1`, \
+             `OVERLAYBENCH_PROFILE=DIR` (one extra untimed run of each command under `perf record` and one under `strace -c`). \
              Nix runs with `NIX_CONFIG=$'build-users-group = \\nexperimental-features = nix-command'` and `HOME` in the scratch \
              directory.\n"
         );
