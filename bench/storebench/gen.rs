@@ -267,7 +267,7 @@ fn plan_graph(shape: &GraphShape) -> (Vec<Node>, usize, usize) {
     let probe = sys_start + shape.system / 2;
     // Everything else, from its own stream; a fifth of it in deep chains.
     let rest_start = nodes.len();
-    let mut rest = Rng::new(shape.seed ^ 0x5EED_0F_4E57);
+    let mut rest = Rng::new(shape.seed ^ 0x5E_ED0F_4E57);
     for i in rest_start..shape.total {
         let k = i - rest_start;
         let mut refs = Vec::new();

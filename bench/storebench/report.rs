@@ -358,8 +358,11 @@ impl Report {
             .ok()
             .and_then(|old| old.split_once(NOTES_MARKER).map(|(_, tail)| tail.trim_start_matches('\n').to_string()));
         match kept {
-            Some(tail) if !self.quick => s.push_str(&tail),
-            _ => s.push('\n'),
+            Some(tail) if !self.quick && !tail.trim().is_empty() => {
+                s.push('\n');
+                s.push_str(&tail);
+            }
+            _ => {}
         }
         s
     }

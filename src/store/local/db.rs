@@ -273,7 +273,9 @@ impl Database {
     }
 
     /// Computes the closure of `roots` once into `temp.ClosureIds` (one recursive
-    /// query); returns the roots this database lacks.
+    /// query); returns the roots this database lacks. Joins with the temp tables are
+    /// `cross join`s: they have no statistics, and without the hint SQLite scans all of
+    /// `Refs` and probes the (small) closure per row, which grows with the store.
     fn fill_closure_ids(&self, roots: &[StorePath]) -> Result<Vec<StorePath>> {
         self.conn
             .execute_batch(
@@ -299,7 +301,7 @@ impl Database {
                  with recursive closure(id) as (
                      select id from temp.ClosureRoots
                      union
-                     select r.reference from Refs r join closure c on r.referrer = c.id)
+                     select r.reference from closure c cross join Refs r on r.referrer = c.id)
                  select id from closure;",
             )
             .map_err(self.err())?;
@@ -315,7 +317,7 @@ impl Database {
         let mut paths = Vec::new();
         let mut index: HashMap<i64, u32> = HashMap::new();
         {
-            let mut stmt = self.conn.prepare("select v.id, v.path from temp.ClosureIds c join ValidPaths v on v.id = c.id").map_err(self.err())?;
+            let mut stmt = self.conn.prepare("select v.id, v.path from temp.ClosureIds c cross join ValidPaths v on v.id = c.id").map_err(self.err())?;
             let mut rows = stmt.query([]).map_err(self.err())?;
             while let Some(row) = rows.next().map_err(self.err())? {
                 let id: i64 = row.get(0).map_err(self.err())?;
@@ -327,7 +329,7 @@ impl Database {
         let mut refs = vec![Vec::new(); paths.len()];
         let mut stmt = self
             .conn
-            .prepare("select r.referrer, r.reference from temp.ClosureIds c join Refs r on r.referrer = c.id")
+            .prepare("select r.referrer, r.reference from temp.ClosureIds c cross join Refs r on r.referrer = c.id")
             .map_err(self.err())?;
         let mut rows = stmt.query([]).map_err(self.err())?;
         while let Some(row) = rows.next().map_err(self.err())? {
@@ -348,7 +350,7 @@ impl Database {
         {
             let mut stmt = self
                 .conn
-                .prepare(&format!("{with} select {INFO_COLUMNS} from closure c join ValidPaths v on v.id = c.id"))
+                .prepare(&format!("{with} select {INFO_COLUMNS} from closure c cross join ValidPaths v on v.id = c.id"))
                 .map_err(self.err())?;
             let mut rows = stmt.query([]).map_err(self.err())?;
             while let Some(row) = rows.next().map_err(self.err())? {
@@ -359,7 +361,7 @@ impl Database {
         }
         let mut stmt = self
             .conn
-            .prepare(&format!("{with} select r.referrer, r.reference from closure c join Refs r on r.referrer = c.id"))
+            .prepare(&format!("{with} select r.referrer, r.reference from closure c cross join Refs r on r.referrer = c.id"))
             .map_err(self.err())?;
         let mut rows = stmt.query([]).map_err(self.err())?;
         while let Some(row) = rows.next().map_err(self.err())? {
@@ -392,7 +394,11 @@ impl Database {
     /// references; every reference must be valid already or be in the batch, and the
     /// batch must not form a cycle.
     pub fn register(&self, batch: &[Registration]) -> Result<()> {
-        crate::store::topo_sort(batch.iter().map(|r| r.info.clone()).collect())?;
+        // Cycle check on indices: nothing cloned.
+        let index: HashMap<&StorePath, u32> = batch.iter().enumerate().map(|(i, r)| (&r.info.path, i as u32)).collect();
+        let refs: Vec<Vec<u32>> = batch.iter().map(|r| r.info.references.iter().filter_map(|p| index.get(p).copied()).collect()).collect();
+        let paths: Vec<StorePath> = batch.iter().map(|r| r.info.path.clone()).collect();
+        crate::store::topo_order(&paths, &refs).map_err(|i| StoreError::Cycle(paths[i as usize].to_string()))?;
         self.in_tx(|| self.register_in_tx(batch))
     }
 
