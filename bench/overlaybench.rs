@@ -460,7 +460,8 @@ fn measure(ctx: &Ctx, id: &str, entries: Vec<Entry<'_>>, runs: usize, notes: &mu
     let other_load = meter.other_cores();
     if let Some(dir) = &ctx.profile {
         for e in entries.iter_mut() {
-            let name: String = format!("{id}-{}", e.label).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            let name: String =
+                format!("{id}-{}", e.label).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
             let perf_file = dir.join(format!("{name}.perf"));
             let strace_file = dir.join(format!("{name}.strace"));
             let wrap = |pre: Vec<OsString>| {
@@ -470,8 +471,15 @@ fn measure(ctx: &Ctx, id: &str, entries: Vec<Entry<'_>>, runs: usize, notes: &mu
                 c.args.remove(0);
                 c
             };
-            let perf = wrap(["perf", "record", "--call-graph", "dwarf,8192", "-F", "999", "-o"].map(OsString::from).into_iter().chain([perf_file.clone().into_os_string(), "--".into()]).collect());
-            let strace = wrap(["strace", "-f", "-c", "-o"].map(OsString::from).into_iter().chain([strace_file.clone().into_os_string()]).collect());
+            let perf = wrap(
+                ["perf", "record", "--call-graph", "dwarf,8192", "-F", "999", "-o"]
+                    .map(OsString::from)
+                    .into_iter()
+                    .chain([perf_file.clone().into_os_string(), "--".into()])
+                    .collect(),
+            );
+            let strace =
+                wrap(["strace", "-f", "-c", "-o"].map(OsString::from).into_iter().chain([strace_file.clone().into_os_string()]).collect());
             for (c, file) in [(perf, perf_file), (strace, strace_file)] {
                 match (e.before)().and_then(|()| c.output()).and_then(|_| (e.after)()) {
                     Ok(()) => notes.push(format!("{}: profiled (untimed) into `{}`", e.label, file.display())),
@@ -480,7 +488,8 @@ fn measure(ctx: &Ctx, id: &str, entries: Vec<Entry<'_>>, runs: usize, notes: &mu
             }
         }
     }
-    let contenders = entries.into_iter().zip(results).map(|(e, series)| Contender { label: e.label, cmd: e.cmd.display(), series }).collect();
+    let contenders =
+        entries.into_iter().zip(results).map(|(e, series)| Contender { label: e.label, cmd: e.cmd.display(), series }).collect();
     Measured { contenders, other_load, outputs }
 }
 
@@ -518,7 +527,8 @@ fn expect_rows(ov: &Overlay, want: u64) -> Result<(), String> {
 fn copy_up_bench(ctx: &Ctx, lower: &Lower, runs: usize, target: Target) -> Bench {
     let id = format!("copy-up-{}", lower.label);
     log(ctx.start, &format!("copy-up: check-validity of the system over the {} lower store", lower.label));
-    let ov = Overlay::new(&ctx.scratch.join(format!("ov-{}", lower.label)), "store", &local_lower(&lower.root), "").expect("overlay config");
+    let ov =
+        Overlay::new(&ctx.scratch.join(format!("ov-{}", lower.label)), "store", &local_lower(&lower.root), "").expect("overlay config");
     let mut notes = vec![format!(
         "config: `{}`; lower store {} paths; the system's closure: {} paths",
         ov.cfg.display(),
@@ -560,7 +570,8 @@ fn import_stream(dir: &Path, system: &str) -> io::Result<(PathBuf, String)> {
     fs::write(&src, format!("a new path that refers to the system:\n{}\n", sd.display(&system)))?;
     let (nar_hash, _) = dump_path(&src, HashSink::new(HashAlgo::Sha256))?.finish();
     let refs = BTreeSet::from([system]);
-    let path = sd.make_fixed_output_path("overlaybench-import", FileIngestion::Recursive, &nar_hash, &refs, false).map_err(stores::other)?;
+    let path =
+        sd.make_fixed_output_path("overlaybench-import", FileIngestion::Recursive, &nar_hash, &refs, false).map_err(stores::other)?;
     let stream = dir.join("import.export");
     let mut out = io::BufWriter::new(fs::File::create(&stream)?);
     write_item(&mut out, &sd, &path, &refs, None, |w| dump_path(&src, w).map(|_| ()))?;
@@ -573,7 +584,8 @@ fn import_stream(dir: &Path, system: &str) -> io::Result<(PathBuf, String)> {
 fn import_bench(ctx: &Ctx, lower: &Lower, runs: usize, target: Target) -> Bench {
     let id = format!("import-{}", lower.label);
     log(ctx.start, &format!("import: one path referring to the system, over the {} lower store", lower.label));
-    let ov = Overlay::new(&ctx.scratch.join(format!("ov-{}", lower.label)), "store", &local_lower(&lower.root), "").expect("overlay config");
+    let ov =
+        Overlay::new(&ctx.scratch.join(format!("ov-{}", lower.label)), "store", &local_lower(&lower.root), "").expect("overlay config");
     let (stream, path) = import_stream(&ctx.scratch.join(format!("import-{}", lower.label)), &lower.system).expect("export stream");
     let mut notes = vec![format!(
         "stream: {} bytes, one item `{path}` with the reference `{}`; afterwards the upper database must hold the system's closure ({} paths) plus the new path",
@@ -635,11 +647,8 @@ fn daemon_bench(ctx: &Ctx, nix: &Nix, lower: &Lower, runs: usize) -> Bench {
             }
         }
     };
-    let lower_spec = format!(
-        "{{ type = \"daemon\", socket = \"{}\", real = \"{}\" }}",
-        socket.display(),
-        lower.root.join("nix/store").display()
-    );
+    let lower_spec =
+        format!("{{ type = \"daemon\", socket = \"{}\", real = \"{}\" }}", socket.display(), lower.root.join("nix/store").display());
     let ov = Overlay::new(&ctx.scratch.join("ov-daemon"), "store", &lower_spec, "").expect("overlay config");
     notes.push(format!(
         "`nix-daemon --store {}` ({}) with `NIX_DAEMON_SOCKET_PATH={}`; the system's closure: {} paths",
@@ -837,14 +846,18 @@ fn command_line(program: &str, args: &[&str]) -> String {
 
 fn machine_facts(repo: &Path, scratch: &Scratch, nix: Option<&Nix>, date: &str) -> Vec<(String, String)> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())).unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
     let mem_kib: u64 = fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
         .unwrap_or(0);
     let commit = command_line("git", &["-C", &repo.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
-    let dirty = !command_line("git", &["-C", &repo.to_string_lossy(), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"]).is_empty();
+    let dirty =
+        !command_line("git", &["-C", &repo.to_string_lossy(), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"]).is_empty();
     vec![
         ("CPU".into(), cpu),
         ("cores (nproc)".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string()),
@@ -852,7 +865,11 @@ fn machine_facts(repo: &Path, scratch: &Scratch, nix: Option<&Nix>, date: &str) 
         ("kernel".into(), fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()),
         (
             "scratch file system".into(),
-            if scratch.tmpfs { "tmpfs (mounted by the bench in its own mount namespace)".into() } else { format!("{} (OVERLAYBENCH_DIR)", scratch.dir.display()) },
+            if scratch.tmpfs {
+                "tmpfs (mounted by the bench in its own mount namespace)".into()
+            } else {
+                format!("{} (OVERLAYBENCH_DIR)", scratch.dir.display())
+            },
         ),
         ("rustc".into(), command_line("rustc", &["--version"])),
         ("overlay-store".into(), format!("commit {commit}{}, release profile", if dirty { " + uncommitted changes in src/" } else { "" })),
@@ -969,13 +986,20 @@ fn main() {
     let small = need_small.then(|| {
         log(start, &format!("generating the small lower store ({} paths)", plan.small_total));
         let g = gen::graph_store(&scratch.path("small"), &plan.shape(plan.small_total)).expect("generate the small store");
-        report.stores.push(store_row("small lower store", &g, format!("system closure {} paths", g.anchors.as_ref().map_or(0, |a| a.system_closure))));
+        report.stores.push(store_row(
+            "small lower store",
+            &g,
+            format!("system closure {} paths", g.anchors.as_ref().map_or(0, |a| a.system_closure)),
+        ));
         lower_from("small", &g, g.paths)
     });
     let big_root = scratch.path("big");
     let big = need_big.then(|| {
         let graph_total = plan.big_total - plan.gc.extra();
-        log(start, &format!("generating the large lower store / GC store ({} paths: graph {graph_total} + roots and dead part)", plan.big_total));
+        log(
+            start,
+            &format!("generating the large lower store / GC store ({} paths: graph {graph_total} + roots and dead part)", plan.big_total),
+        );
         let gcs = stores::gc_store(&big_root, &plan.shape(graph_total), &plan.gc).expect("generate the large store");
         report.stores.push(store_row(
             "large lower store: graph part",
@@ -1053,11 +1077,21 @@ fn main() {
         }
     }
     for b in &report.benches {
-        log(start, &format!("{} [{}]: {} (target {}) {}", b.title, b.store, b.value(), b.target_text(), match b.pass() {
-            Some(true) => "pass",
-            Some(false) => "FAIL",
-            None => "",
-        }));
+        log(
+            start,
+            &format!(
+                "{} [{}]: {} (target {}) {}",
+                b.title,
+                b.store,
+                b.value(),
+                b.target_text(),
+                match b.pass() {
+                    Some(true) => "pass",
+                    Some(false) => "FAIL",
+                    None => "",
+                }
+            ),
+        );
     }
     report.elapsed = start.elapsed();
     let kept = report::kept_section(&out_path);

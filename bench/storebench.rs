@@ -43,7 +43,7 @@ use overlay_store::store::local::canonicalise::remove_tree;
 use overlay_store::store::local::LocalStore;
 use overlay_store::store::Store;
 
-use gen::{GraphShape, Generated};
+use gen::{Generated, GraphShape};
 use report::{Bench, Flat, Report, Target};
 use run::{interleaved, CpuMeter, Invocation, Side};
 
@@ -304,7 +304,17 @@ impl Ctx {
 
     /// Checks, then times a query-like command pair (no state to reset).
     #[allow(clippy::too_many_arguments)]
-    fn query(&self, id: &str, title: &str, store: &str, ours: Invocation, nix: Option<Invocation>, expect: Expect, runs: usize, target: Target) -> Bench {
+    fn query(
+        &self,
+        id: &str,
+        title: &str,
+        store: &str,
+        ours: Invocation,
+        nix: Option<Invocation>,
+        expect: Expect,
+        runs: usize,
+        target: Target,
+    ) -> Bench {
         self.wait_quiet();
         log(self.start, &format!("{title} [{store}]"));
         let notes = check_outputs(&ours, nix.as_ref(), expect);
@@ -503,7 +513,10 @@ impl Phases {
             Ok(v) if !v.trim().is_empty() => {
                 let has = |p: &str| v.split(',').any(|x| x.trim() == p);
                 let phases = Phases { queries: has("queries"), verify: has("verify"), add: has("add") };
-                assert!(phases.queries || phases.verify || phases.add, "STOREBENCH_ONLY: expected a list of queries, verify, add; got {v:?}");
+                assert!(
+                    phases.queries || phases.verify || phases.add,
+                    "STOREBENCH_ONLY: expected a list of queries, verify, add; got {v:?}"
+                );
                 phases
             }
             _ => Phases { queries: true, verify: true, add: true },
@@ -633,7 +646,16 @@ fn main() {
     let scratch = Scratch { dir: base.join(format!("storebench-{}", std::process::id())), keep: env_flag("STOREBENCH_KEEP") };
     fs::create_dir_all(scratch.dir.join("home")).expect("create scratch dir");
     let nix = Nix::detect(&scratch.dir.join("home"));
-    log(start, &format!("{} run; scratch {}; ours {}; Nix: {}", if quick { "quick" } else { "full" }, scratch.dir.display(), bin.display(), nix.as_ref().map_or("not found", |n| n.version.as_str())));
+    log(
+        start,
+        &format!(
+            "{} run; scratch {}; ours {}; Nix: {}",
+            if quick { "quick" } else { "full" },
+            scratch.dir.display(),
+            bin.display(),
+            nix.as_ref().map_or("not found", |n| n.version.as_str())
+        ),
+    );
     let mut report = Report::new(quick, nix.as_ref().map(|n| n.version.clone()), &scratch.dir, &manifest);
     let idle = CpuMeter::start();
     std::thread::sleep(Duration::from_secs(2));

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const NIX_CONFIG: &str = "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n";
+const NIX_CONFIG: &str =
+    "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n";
 
 /// A nix-daemon serving `root` on `socket`, stopped when dropped.
 struct Daemon {
@@ -185,7 +186,9 @@ fn broken_daemons_give_clear_errors_and_leave_the_store_intact() {
     let s = Scratch::new();
     let base = s.path().to_path_buf();
     for (i, (behaviour, expect)) in
-        [("close", "closed the connection"), ("garbage", "malformed"), ("huge", "malformed"), ("hang", "did not answer")].into_iter().enumerate()
+        [("close", "closed the connection"), ("garbage", "malformed"), ("huge", "malformed"), ("hang", "did not answer")]
+            .into_iter()
+            .enumerate()
     {
         let dir = base.join(format!("case{i}"));
         fs::create_dir_all(&dir).unwrap();

@@ -177,7 +177,8 @@ fn a_truncated_or_hostile_export_registers_nothing_and_leaves_nothing() {
     let stream = ours(&uri(&src), &args).ok().stdout;
     ours(&uri(&dst), &["init"]).ok();
     let listing = |root: &Path| {
-        let mut v: Vec<String> = fs::read_dir(root.join("nix/store")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> =
+            fs::read_dir(root.join("nix/store")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     };
@@ -251,7 +252,8 @@ fn query_roots_agrees_with_nix() {
     let root = s.join("nix");
     let f = write_default_nix(&s.join("expr"));
     let link = s.join("result");
-    let r = nix(&s, "nix-build", &["--store", root.to_str().unwrap(), f.to_str().unwrap(), "--out-link", link.to_str().unwrap()], None).ok();
+    let r =
+        nix(&s, "nix-build", &["--store", root.to_str().unwrap(), f.to_str().unwrap(), "--out-link", link.to_str().unwrap()], None).ok();
     let top = r.lines().into_iter().find(|l| l.ends_with("-top")).unwrap();
     let hello = "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt";
     let gcroots = root.join("nix/var/nix/gcroots");
@@ -369,7 +371,13 @@ fn our_temp_roots_show_and_protect() {
     let p = ours(&uri(&src), &["add", &f]).ok().out().trim().to_string();
     let stream = ours(&uri(&src), &["export", &p]).ok().stdout;
     ours(&uri(&dst), &["init"]).ok();
-    let mut child = Command::new(BIN).args(["--store", &uri(&dst), "import"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--store", &uri(&dst), "import"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&stream[..stream.len() - 8]).unwrap();
     stdin.flush().unwrap();

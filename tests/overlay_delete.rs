@@ -73,7 +73,10 @@ fn deleting_a_path_in_both_layers_keeps_the_lower_copy(hook: bool) {
         let l = Layers { base: base.clone() };
         let hook_log = base.join("hook.log");
         let extra = if hook {
-            let script = write(&base.join("remount.sh"), &format!("#!/bin/sh\necho \"$1\" >> '{}'\nexec mount -o remount \"$1\"\n", hook_log.display()));
+            let script = write(
+                &base.join("remount.sh"),
+                &format!("#!/bin/sh\necho \"$1\" >> '{}'\nexec mount -o remount \"$1\"\n", hook_log.display()),
+            );
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
             format!("remount-hook = \"{script}\"\n")

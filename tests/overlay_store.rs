@@ -155,7 +155,11 @@ fn a_nix_closure_imports_only_its_new_paths_upper() {
         )
         .unwrap();
         let lower = l.lower();
-        let dep = nix(&sc, "nix-build", &["--store", lower.to_str().unwrap(), dep_nix.to_str().unwrap(), "--no-out-link"], None).ok().out().trim().to_string();
+        let dep = nix(&sc, "nix-build", &["--store", lower.to_str().unwrap(), dep_nix.to_str().unwrap(), "--no-out-link"], None)
+            .ok()
+            .out()
+            .trim()
+            .to_string();
         nix_store(&sc, &lower, &["--add", base.join("expr/hello.txt").to_str().unwrap()]).ok();
         let other = base.join("other");
         let top = nix(&sc, "nix-build", &["--store", other.to_str().unwrap(), expr.to_str().unwrap(), "--no-out-link"], None)
@@ -178,10 +182,7 @@ fn a_nix_closure_imports_only_its_new_paths_upper() {
         let top_base = Path::new(&top).file_name().unwrap().to_str().unwrap().to_string();
         assert_eq!(l.upper_entries(), vec![top_base]);
         for p in &closure {
-            assert_eq!(
-                ours(&cfg, &["query", "--hash", p]).ok().out(),
-                nix_store(&sc, &other, &["-q", "--hash", p]).ok().out()
-            );
+            assert_eq!(ours(&cfg, &["query", "--hash", p]).ok().out(), nix_store(&sc, &other, &["-q", "--hash", p]).ok().out());
         }
         // The copied-up rows make the upper database closure-complete for stock Nix.
         let v = nix(&sc, "nix-store", &["--store", &l.nix_view(), "--verify", "--check-contents"], None);
@@ -279,7 +280,10 @@ fn wrong_mounts_are_reported_for_toml_and_uri() {
         nix::mount::umount(&l.real()).unwrap();
         ours(&cfg, &["check-mount"]).ok();
         // check-mount = false opens anyway.
-        let r = ours(&format!("{}&check-mount=false", uri(&other, &l.lower(), &l.upper())), &["path-info", "--json", "/nix/store/00000000000000000000000000000000-x"]);
+        let r = ours(
+            &format!("{}&check-mount=false", uri(&other, &l.lower(), &l.upper())),
+            &["path-info", "--json", "/nix/store/00000000000000000000000000000000-x"],
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
     });
 }

@@ -233,7 +233,10 @@ fn failing_hooks_fall_back_to_safe_defaults() {
 #[test]
 fn sandbox_escapes_are_refused_at_load() {
     let s = Scratch::new();
-    for (i, code) in ["os.execute('touch /tmp/pwned')", "io.open('/etc/passwd')", "require('../../etc/passwd')", "load('\\27Lua\\84\\0')()"].iter().enumerate() {
+    for (i, code) in ["os.execute('touch /tmp/pwned')", "io.open('/etc/passwd')", "require('../../etc/passwd')", "load('\\27Lua\\84\\0')()"]
+        .iter()
+        .enumerate()
+    {
         let f = write(&s.join(&format!("escape{i}.lua")), &format!("{code}\nreturn {{}}\n"));
         let r = run_cmd(std::process::Command::new(BIN).args(["policy", "check", &f]), None);
         assert_eq!(r.code, 1, "{code}: {}", r.stderr);

@@ -132,7 +132,8 @@ fn watch_reloads_good_edits_and_survives_bad_ones() {
         // A good policy edit (delete and recreate) changes the next GC's decisions.
         fs::remove_file(base.join("policy.lua")).unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        fs::write(base.join("policy.lua"), "return { on_reload = function(o, n) log.info('deleting everything from now on') end }\n").unwrap();
+        fs::write(base.join("policy.lua"), "return { on_reload = function(o, n) log.info('deleting everything from now on') end }\n")
+            .unwrap();
         w.wait_for("deleting everything from now on", 1);
         let n = w.text().matches("scheduled gc").count();
         w.wait_for("scheduled gc", n + 2);
@@ -176,7 +177,12 @@ fn changing_the_upper_layer_remounts_and_waits_for_a_running_gc() {
         assert!(info.contains(&format!("upperdir={}", new_upper.display())), "{info}");
         ours(&cfg, &["verify-path", &l]).ok();
         // Extra mount options remount too.
-        save_by_rename(&cfg_path, &config_text("upper2", "").replace("gc-interval-secs = 1\n", "").replace("workdir = \"work-upper2\"", "workdir = \"work-upper2\"\noptions = [\"redirect_dir=nofollow\"]"));
+        save_by_rename(
+            &cfg_path,
+            &config_text("upper2", "")
+                .replace("gc-interval-secs = 1\n", "")
+                .replace("workdir = \"work-upper2\"", "workdir = \"work-upper2\"\noptions = [\"redirect_dir=nofollow\"]"),
+        );
         w.wait_for("remounted", 2);
         ours(&cfg, &["check-mount"]).ok();
         w.stop();
@@ -266,7 +272,12 @@ fn pivot_to_a_newer_lower_store() {
 
         // kill -9 part-way: the old setup keeps working.
         for d in [2u64, 8, 20] {
-            let mut c = Command::new(BIN).args(["--config", &cfg_a, "pivot", "--to", &cfg_b]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            let mut c = Command::new(BIN)
+                .args(["--config", &cfg_a, "pivot", "--to", &cfg_b])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
             std::thread::sleep(Duration::from_millis(d));
             let _ = c.kill();
             let _ = c.wait();

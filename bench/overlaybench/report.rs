@@ -79,9 +79,21 @@ impl Bench {
             }
             Target::OverheadBelow(_) => {
                 let (a, b) = (self.median(0).unwrap_or_default(), self.median(1).unwrap_or_default());
-                format!("{} {}, {} {} → {:+.1} %", self.contenders[0].label, dur(a), self.contenders[1].label, dur(b), overhead(a, b) * 100.0)
+                format!(
+                    "{} {}, {} {} → {:+.1} %",
+                    self.contenders[0].label,
+                    dur(a),
+                    self.contenders[1].label,
+                    dur(b),
+                    overhead(a, b) * 100.0
+                )
             }
-            _ => self.contenders.iter().map(|c| format!("{} {}", c.label, c.series.as_ref().map(|s| dur(s.median())).unwrap_or_default())).collect::<Vec<_>>().join(", "),
+            _ => self
+                .contenders
+                .iter()
+                .map(|c| format!("{} {}", c.label, c.series.as_ref().map(|s| dur(s.median())).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 
@@ -201,7 +213,10 @@ impl Report {
             );
         }
         // Flatness: the same operation over both lower stores.
-        let pairs = [("copy-up-small", "copy-up-large", "copy-up (check-validity of the system)"), ("import-small", "import-large", "import of one path referring to the system")];
+        let pairs = [
+            ("copy-up-small", "copy-up-large", "copy-up (check-validity of the system)"),
+            ("import-small", "import-large", "import of one path referring to the system"),
+        ];
         let flat: Vec<String> = pairs
             .iter()
             .filter_map(|(a, b, what)| {

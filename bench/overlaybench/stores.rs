@@ -41,7 +41,10 @@ use crate::gen::{self, Rng};
 
 /// A file system object to write.
 pub enum Tree {
-    File { exec: bool, data: Vec<u8> },
+    File {
+        exec: bool,
+        data: Vec<u8>,
+    },
     Dir(Vec<(String, Tree)>),
     #[allow(dead_code)]
     Link(String),

@@ -158,12 +158,12 @@ impl Generated {
 }
 
 const PREFIXES: &[&str] = &[
-    "lib", "gtk", "py", "perl", "gnu", "qt", "x", "ssl", "curl", "font", "icu", "boost", "mesa", "llvm", "rust", "go",
-    "node", "ruby", "lua", "gst", "kde", "gnome", "haskell", "ocaml", "tex", "sys", "net", "audio", "video", "cups",
+    "lib", "gtk", "py", "perl", "gnu", "qt", "x", "ssl", "curl", "font", "icu", "boost", "mesa", "llvm", "rust", "go", "node", "ruby",
+    "lua", "gst", "kde", "gnome", "haskell", "ocaml", "tex", "sys", "net", "audio", "video", "cups",
 ];
 const STEMS: &[&str] = &[
-    "core", "utils", "base", "util", "parse", "xml", "json", "crypt", "compress", "image", "render", "shell", "dbus",
-    "input", "proto", "fs", "http", "locale", "theme", "tools", "plugins", "daemon", "client", "server", "common",
+    "core", "utils", "base", "util", "parse", "xml", "json", "crypt", "compress", "image", "render", "shell", "dbus", "input", "proto",
+    "fs", "http", "locale", "theme", "tools", "plugins", "daemon", "client", "server", "common",
 ];
 
 fn package_name(rng: &mut Rng) -> String {
@@ -426,7 +426,8 @@ pub fn local_config(root: &Path) -> LocalConfig {
 }
 
 fn realise_one(real: &Path, sd: &StoreDir, idx: usize, node: &Node, made: &[Option<Made>], seed: u64) -> io::Result<Made> {
-    let refs: BTreeSet<StorePath> = node.refs.iter().map(|&r| made[r as usize].as_ref().expect("references come first").path.clone()).collect();
+    let refs: BTreeSet<StorePath> =
+        node.refs.iter().map(|&r| made[r as usize].as_ref().expect("references come first").path.clone()).collect();
     let ref_strings: Vec<String> = node.refs.iter().map(|&r| sd.display(&made[r as usize].as_ref().expect("done").path)).collect();
     let obj = object(idx, node, &ref_strings, seed);
     let tmp = real.join(format!(".storebench-tmp-{idx}"));

@@ -148,7 +148,13 @@ fn damon_pageout() -> Option<String> {
 }
 
 fn machine(scratch: &Path, manifest: &Path) -> Vec<(&'static str, String)> {
-    let cpu = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
     let mem_kb: u64 = read("/proc/meminfo")
         .lines()
         .find(|l| l.starts_with("MemTotal:"))
@@ -159,7 +165,8 @@ fn machine(scratch: &Path, manifest: &Path) -> Vec<(&'static str, String)> {
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let fs = sh("stat", &["-f", "-c", "%T", &scratch.to_string_lossy()]).unwrap_or_else(|| "?".into());
     let commit = sh("git", &["-C", &manifest.to_string_lossy(), "rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty = sh("git", &["-C", &manifest.to_string_lossy(), "status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let dirty =
+        sh("git", &["-C", &manifest.to_string_lossy(), "status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let mut facts = vec![
         ("CPU", format!("{cpu}{}", if sha_ni { " (SHA-NI)" } else { "" })),
         ("cores (nproc)", nproc.to_string()),
@@ -230,7 +237,8 @@ impl Report {
         );
 
         let _ = writeln!(s, "## Results\n");
-        let _ = writeln!(s, "| benchmark | store | ours | Nix | ratio | target | result | other load |\n|---|---|---:|---:|---:|---|---|---:|");
+        let _ =
+            writeln!(s, "| benchmark | store | ours | Nix | ratio | target | result | other load |\n|---|---|---:|---:|---:|---|---|---:|");
         for b in &self.benches {
             let med = |r: &Result<Samples, String>| r.as_ref().map(|x| dur(x.median())).unwrap_or_else(|_| "error".into());
             let nix = match &b.nix {
@@ -248,7 +256,18 @@ impl Report {
                 Some(false) => "**FAIL**",
                 None => "—",
             };
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} | {} | {:.2} |", b.title, b.store, med(&b.ours), nix, ratio, target, result, b.other_load);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                b.title,
+                b.store,
+                med(&b.ours),
+                nix,
+                ratio,
+                target,
+                result,
+                b.other_load
+            );
         }
         let _ = writeln!(s);
 
@@ -316,7 +335,8 @@ impl Report {
 
         let _ = writeln!(s, "## Details\n");
         for b in &self.benches {
-            let _ = writeln!(s, "### {} ({}) <a id=\"{}-{}\"></a>\n", b.title, b.store, b.id, b.store.split_whitespace().next().unwrap_or(""));
+            let _ =
+                writeln!(s, "### {} ({}) <a id=\"{}-{}\"></a>\n", b.title, b.store, b.id, b.store.split_whitespace().next().unwrap_or(""));
             let _ = writeln!(s, "- ours: `{}`", b.ours_cmd);
             if let Some(c) = &b.nix_cmd {
                 let _ = writeln!(s, "- Nix: `{c}`");

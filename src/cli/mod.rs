@@ -15,20 +15,22 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
+use overlay_store::format::StorePath;
+use overlay_store::policy::LuaPolicy;
 use overlay_store::spec::{SpecError, StoreKind, StoreSpec};
+use overlay_store::store::local::gc::RealDirRemover;
 use overlay_store::store::local::ingest::{self, IngestTarget};
+use overlay_store::store::local::repair::{self, RepairSource};
 use overlay_store::store::local::verify::{hash_path, modified_message, Fix, Verifier};
 use overlay_store::store::local::{LocalConfig, LocalStore};
 use overlay_store::store::overlay::{self, MountError, MountPlan, OpenOptions, OverlayStore};
-use overlay_store::format::StorePath;
-use overlay_store::policy::LuaPolicy;
-use overlay_store::store::local::gc::RealDirRemover;
-use overlay_store::store::local::repair::{self, RepairSource};
 use overlay_store::store::{Store, StoreError};
 
 #[derive(Parser, Debug)]
 #[command(name = "overlay-store", version, about = "A Nix-compatible local store and local overlay store")]
-#[command(after_help = "The store is named by --config FILE (a TOML store spec) or --store URI (a Nix store URI), or the OVERLAY_STORE_CONFIG environment variable.\nExit status: 0 success, 1 the operation failed, 2 usage or configuration error.")]
+#[command(
+    after_help = "The store is named by --config FILE (a TOML store spec) or --store URI (a Nix store URI), or the OVERLAY_STORE_CONFIG environment variable.\nExit status: 0 success, 1 the operation failed, 2 usage or configuration error."
+)]
 pub struct Cli {
     /// TOML store spec to open.
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE", conflicts_with = "store")]
@@ -443,7 +445,8 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
                 Err(_) if std::path::Path::new(&path).exists() => PathBuf::from(&path),
                 Err(e) => return Err(e),
             };
-            let out = overlay_store::format::nar::dump_path(&real, stdout()).map_err(|e| StoreError::Io { path: real.clone(), source: e })?;
+            let out =
+                overlay_store::format::nar::dump_path(&real, stdout()).map_err(|e| StoreError::Io { path: real.clone(), source: e })?;
             out.into_inner().map_err(|e| out_err(e.into_error()))?.flush().map_err(out_err)
         }
         Command::Import { file } => {
@@ -509,7 +512,8 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             }
         }
         Command::Pivot { to, dry_run, json } => {
-            let new_spec = if to.ends_with(".toml") { StoreSpec::from_file(std::path::Path::new(&to))? } else { StoreSpec::parse_arg(&to)? };
+            let new_spec =
+                if to.ends_with(".toml") { StoreSpec::from_file(std::path::Path::new(&to))? } else { StoreSpec::parse_arg(&to)? };
             let opened = session.open(&spec)?;
             let Opened::Overlay(store) = opened else {
                 return Err(CliError::Usage("pivot applies to local-overlay stores".into()));

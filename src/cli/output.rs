@@ -15,8 +15,7 @@ use super::{out_err, paths, stdout, CliError, CliResult, PathInfoArgs};
 /// sharing one in-memory graph.
 fn closure_sizes(infos: &[PathInfo]) -> HashMap<StorePath, u64> {
     let index: HashMap<&StorePath, usize> = infos.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
-    let edges: Vec<Vec<usize>> =
-        infos.iter().map(|i| i.references.iter().filter_map(|r| index.get(r).copied()).collect()).collect();
+    let edges: Vec<Vec<usize>> = infos.iter().map(|i| i.references.iter().filter_map(|r| index.get(r).copied()).collect()).collect();
     let mut mark = vec![0u32; infos.len()];
     let mut stack = Vec::new();
     let mut sizes = HashMap::new();

@@ -101,7 +101,11 @@ fn read_path<R: Read + ?Sized>(r: &mut R, store_dir: &StoreDir, what: &str) -> R
 }
 
 /// Reads the next item, handing its NAR to `visitor`; `None` at the end of the stream.
-pub fn read_item<R: Read + ?Sized>(r: &mut R, store_dir: &StoreDir, visitor: &mut dyn NarVisitor) -> Result<Option<ExportItem>, ExportError> {
+pub fn read_item<R: Read + ?Sized>(
+    r: &mut R,
+    store_dir: &StoreDir,
+    visitor: &mut dyn NarVisitor,
+) -> Result<Option<ExportItem>, ExportError> {
     match read_u64(r)? {
         0 => return Ok(None),
         1 => {}

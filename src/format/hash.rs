@@ -150,15 +150,12 @@ impl Hash {
             let mut out = [0u8; 64];
             for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
                 let pair = std::str::from_utf8(chunk).ok();
-                out[i] = pair
-                    .and_then(|p| u8::from_str_radix(p, 16).ok())
-                    .ok_or_else(|| HashError::InvalidBase16(s.to_string()))?;
+                out[i] = pair.and_then(|p| u8::from_str_radix(p, 16).ok()).ok_or_else(|| HashError::InvalidBase16(s.to_string()))?;
             }
             Ok(Hash { algo, bytes: out })
         } else if s.len() == nixbase32::encoded_len(size) {
             let mut out = [0u8; 64];
-            nixbase32::decode_into(s, &mut out[..size])
-                .map_err(|_| HashError::InvalidBase32(s.to_string()))?;
+            nixbase32::decode_into(s, &mut out[..size]).map_err(|_| HashError::InvalidBase32(s.to_string()))?;
             Ok(Hash { algo, bytes: out })
         } else if s.len() == size.div_ceil(3) * 4 {
             Hash::decode_base64(algo, s, s)
@@ -168,9 +165,7 @@ impl Hash {
     }
 
     fn decode_base64(algo: HashAlgo, b64: &str, whole: &str) -> Result<Hash, HashError> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| HashError::InvalidBase64(whole.to_string()))?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| HashError::InvalidBase64(whole.to_string()))?;
         if bytes.len() != algo.size() {
             return Err(HashError::WrongLength { hash: whole.to_string(), algo });
         }

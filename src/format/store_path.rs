@@ -120,7 +120,13 @@ impl StoreDir {
     }
 
     /// The store path a content address names, given the path's references.
-    pub fn make_path_from_ca(&self, name: &str, ca: &ContentAddress, refs: &BTreeSet<StorePath>, self_ref: bool) -> Result<StorePath, StorePathError> {
+    pub fn make_path_from_ca(
+        &self,
+        name: &str,
+        ca: &ContentAddress,
+        refs: &BTreeSet<StorePath>,
+        self_ref: bool,
+    ) -> Result<StorePath, StorePathError> {
         match ca {
             ContentAddress::Text(h) => self.make_text_path(name, h, refs),
             ContentAddress::Fixed(m, h) => self.make_fixed_output_path(name, *m, h, refs, self_ref),
@@ -310,7 +316,13 @@ mod tests {
     #[test]
     fn fixed_flat_and_sha1_paths() {
         let flat = sd()
-            .make_fixed_output_path("hello.txt", FileIngestion::Flat, &sha256("5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"), &BTreeSet::new(), false)
+            .make_fixed_output_path(
+                "hello.txt",
+                FileIngestion::Flat,
+                &sha256("5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"),
+                &BTreeSet::new(),
+                false,
+            )
             .unwrap();
         assert_eq!(flat.basename(), "gy454w1cxaq731grqwylhzf4pp9r5izh-hello.txt");
         let sha1 = Hash::parse_digest(HashAlgo::Sha1, "9dec062fbdc139d973458d55a1dc0d26b5588a00").unwrap();
@@ -332,10 +344,7 @@ mod tests {
             .make_text_path(
                 "top.drv",
                 &sha256("c764562b280f3372f1c69a47c7923f349b6b334ed5d95f2dc64d535a4360acf3"),
-                &refs(&[
-                    "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt",
-                    "/nix/store/6v4wrmrdn9p8211r8h3wrjgccbaxpdhq-dep.drv",
-                ]),
+                &refs(&["/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt", "/nix/store/6v4wrmrdn9p8211r8h3wrjgccbaxpdhq-dep.drv"]),
             )
             .unwrap();
         assert_eq!(top.basename(), "vq89clmx04780f06ypjycidrdmiz491k-top.drv");
@@ -361,9 +370,12 @@ mod tests {
 
     #[test]
     fn input_addressed_output_paths() {
-        let p = sd().make_store_path("output:out", &sha256("6803563925a06201c166e0e4cdfdae601a89e0eb994a2f4b67e8f9afcf7b8caa"), "dep").unwrap();
+        let p =
+            sd().make_store_path("output:out", &sha256("6803563925a06201c166e0e4cdfdae601a89e0eb994a2f4b67e8f9afcf7b8caa"), "dep").unwrap();
         assert_eq!(p.basename(), "g7427gd50cyg93zbq91sxcl5vg0a2qm1-dep");
-        let doc = sd().make_store_path("output:doc", &sha256("cf9bb5c8ba73c1abeee5fff3a954b4a06f10745458b10b94cecb129bf4f8d774"), "top-doc").unwrap();
+        let doc = sd()
+            .make_store_path("output:doc", &sha256("cf9bb5c8ba73c1abeee5fff3a954b4a06f10745458b10b94cecb129bf4f8d774"), "top-doc")
+            .unwrap();
         assert_eq!(doc.basename(), "432xdz9i96nli4ml7jiqbf2nv3vc6zf7-top-doc");
     }
 
@@ -392,10 +404,7 @@ mod tests {
         assert!(matches!(s.parse_path(&long), Err(StorePathError::NameTooLong(_))));
         let ok = format!("/nix/store/l1s5f095j5mj1jblk3xq0si19l7ijraz-{}", "a".repeat(211));
         assert!(s.parse_path(&ok).is_ok());
-        assert_eq!(
-            s.parse_path_prefix("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt/sub/x").unwrap().name(),
-            "hello.txt"
-        );
+        assert_eq!(s.parse_path_prefix("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt/sub/x").unwrap().name(), "hello.txt");
     }
 
     #[test]

@@ -72,7 +72,10 @@ pub fn uninstall_scoped(lua: &Lua) -> mlua::Result<()> {
     let overlay: Table = lua.globals().get("overlay")?;
     for name in SCOPED_FUNCTIONS {
         let msg = format!("overlay.{name} can only be called while a hook runs (not when the policy file is loaded)");
-        overlay.set(*name, lua.create_function(move |_, _: mlua::MultiValue| -> mlua::Result<()> { Err(mlua::Error::RuntimeError(msg.clone())) })?)?;
+        overlay.set(
+            *name,
+            lua.create_function(move |_, _: mlua::MultiValue| -> mlua::Result<()> { Err(mlua::Error::RuntimeError(msg.clone())) })?,
+        )?;
     }
     Ok(())
 }
@@ -95,11 +98,15 @@ pub fn install_scoped<'scope, 'env>(lua: &Lua, scope: &'scope Scope<'scope, 'env
     )?;
     overlay.set(
         "in_lower",
-        scope.create_function(move |_, p: String| host.in_lower(&host.parse(&p).map_err(|e| bad("in_lower", e))?).map_err(|e| bad("in_lower", e)))?,
+        scope.create_function(move |_, p: String| {
+            host.in_lower(&host.parse(&p).map_err(|e| bad("in_lower", e))?).map_err(|e| bad("in_lower", e))
+        })?,
     )?;
     overlay.set(
         "in_upper",
-        scope.create_function(move |_, p: String| host.in_upper(&host.parse(&p).map_err(|e| bad("in_upper", e))?).map_err(|e| bad("in_upper", e)))?,
+        scope.create_function(move |_, p: String| {
+            host.in_upper(&host.parse(&p).map_err(|e| bad("in_upper", e))?).map_err(|e| bad("in_upper", e))
+        })?,
     )?;
     overlay.set(
         "references",
@@ -129,7 +136,10 @@ pub fn install_scoped<'scope, 'env>(lua: &Lua, scope: &'scope Scope<'scope, 'env
     overlay.set(
         "exec",
         scope.create_function(move |lua, argv: Table| {
-            let argv: Vec<String> = argv.sequence_values::<String>().collect::<mlua::Result<_>>().map_err(|e| bad("exec", format!("argv must be a list of strings ({e})")))?;
+            let argv: Vec<String> = argv
+                .sequence_values::<String>()
+                .collect::<mlua::Result<_>>()
+                .map_err(|e| bad("exec", format!("argv must be a list of strings ({e})")))?;
             let r = host.exec(&argv).map_err(|e| bad("exec", e))?;
             let t = lua.create_table()?;
             t.set("status", r.status)?;

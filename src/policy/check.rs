@@ -57,7 +57,9 @@ pub fn check(file: &Path, limits: &PolicyLimits) -> Result<Vec<HookResult>, Stri
                     format!("gc({} candidates) deletes {} [{}]", dead.len(), c.delete.len(), names.join(", "))
                 })
             }
-            "remount" => policy.hook_remount(&host, "/mnt/sample/merged/nix/store", "check").map(|h| format!("remount(ctx) handled = {}", h.unwrap_or(false))),
+            "remount" => policy
+                .hook_remount(&host, "/mnt/sample/merged/nix/store", "check")
+                .map(|h| format!("remount(ctx) handled = {}", h.unwrap_or(false))),
             "on_reload" => {
                 policy.on_reload(&host, &sample_spec, &sample_spec);
                 match policy.failures.borrow().last() {

@@ -104,8 +104,9 @@ impl LuaPolicy {
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let loaded: sandbox::LoadedFiles = Rc::new(RefCell::new(vec![file.to_path_buf()]));
         let lua_err = |e: mlua::Error| PolicyError::Lua(lua_message(&e));
-        let (lua, budget) = sandbox::new_state(&dir, limits.instructions, (limits.memory_mib as usize).saturating_mul(1 << 20), loaded.clone())
-            .map_err(lua_err)?;
+        let (lua, budget) =
+            sandbox::new_state(&dir, limits.instructions, (limits.memory_mib as usize).saturating_mul(1 << 20), loaded.clone())
+                .map_err(lua_err)?;
         api::install_static(&lua, spec, file).map_err(lua_err)?;
         budget.used.set(0);
         let value: Value = lua.load(text).set_mode(ChunkMode::Text).set_name(format!("@{}", file.display())).eval().map_err(lua_err)?;
@@ -244,7 +245,12 @@ impl LuaPolicy {
         self.call(
             host,
             "copy_up",
-            |lua| Ok(mlua::MultiValue::from_vec(vec![Value::Table(api::info_table(lua, host, info)?), Value::String(lua.create_string(reason.as_str())?)])),
+            |lua| {
+                Ok(mlua::MultiValue::from_vec(vec![
+                    Value::Table(api::info_table(lua, host, info)?),
+                    Value::String(lua.create_string(reason.as_str())?),
+                ]))
+            },
             |_, vals| match vals.into_iter().next().unwrap_or(Value::Nil) {
                 Value::Boolean(b) => Ok(b),
                 other => Err(format!("{} (expected a boolean)", type_name(&other))),
@@ -263,7 +269,9 @@ impl LuaPolicy {
                     Value::Nil => Ok(Vec::new()),
                     Value::Table(t) => t
                         .sequence_values::<String>()
-                        .map(|s| s.map_err(|e| format!("a list with a non-string ({e})")).and_then(|s| host.parse(&s).map_err(|e| e.to_string())))
+                        .map(|s| {
+                            s.map_err(|e| format!("a list with a non-string ({e})")).and_then(|s| host.parse(&s).map_err(|e| e.to_string()))
+                        })
                         .collect(),
                     other => Err(format!("{} (expected a list of store paths)", type_name(&other))),
                 }
@@ -291,7 +299,9 @@ impl LuaPolicy {
                 let mut delete = Vec::new();
                 for s in t.sequence_values::<Value>() {
                     let s = s.map_err(|e| e.to_string())?;
-                    let Value::String(s) = s else { return Err(format!("a list containing a {} (expected store path strings)", type_name(&s))) };
+                    let Value::String(s) = s else {
+                        return Err(format!("a list containing a {} (expected store path strings)", type_name(&s)));
+                    };
                     let s = s.to_str().map_err(|e| e.to_string())?.to_string();
                     delete.push(host.parse(&s).map_err(|e| format!("a list containing '{s}': {e}"))?);
                 }

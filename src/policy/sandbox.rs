@@ -56,7 +56,11 @@ pub fn new_state(dir: &Path, instructions: u64, memory_bytes: usize, loaded: Loa
     let string: Table = g.get("string")?;
     string.raw_set("dump", Value::Nil)?;
     let load = lua.create_function(|lua, (chunk, name): (mlua::String, Option<String>)| {
-        let f = lua.load(chunk.as_bytes().to_vec()).set_mode(ChunkMode::Text).set_name(name.unwrap_or_else(|| "=(load)".into())).into_function();
+        let f = lua
+            .load(chunk.as_bytes().to_vec())
+            .set_mode(ChunkMode::Text)
+            .set_name(name.unwrap_or_else(|| "=(load)".into()))
+            .into_function();
         match f {
             Ok(f) => Ok((Value::Function(f), Value::Nil)),
             Err(e) => Ok((Value::Nil, Value::String(lua.create_string(e.to_string())?))),

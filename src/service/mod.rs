@@ -20,9 +20,9 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::policy::LuaPolicy;
 use crate::spec::{StoreKind, StoreSpec};
+use crate::store::local::gc::GcLock;
 use crate::store::local::gc::{Collector, GcAction, GcOptions};
 use crate::store::overlay::{self, NixPolicy, OpenOptions, OverlayPolicy, OverlayStore, PolicyFailure};
-use crate::store::local::gc::GcLock;
 use crate::store::{PathInfo, Result as StoreResult};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,11 @@ impl OverlayPolicy for Shared {
     fn remount(&self, s: &OverlayStore, r: &str) -> StoreResult<bool> {
         self.0.remount(s, r)
     }
-    fn pivot(&self, s: &OverlayStore, a: &[(crate::format::StorePath, bool)]) -> Option<std::collections::BTreeMap<crate::format::StorePath, String>> {
+    fn pivot(
+        &self,
+        s: &OverlayStore,
+        a: &[(crate::format::StorePath, bool)],
+    ) -> Option<std::collections::BTreeMap<crate::format::StorePath, String>> {
         OverlayPolicy::pivot(self.0.as_ref(), s, a)
     }
     fn failures(&self) -> Vec<PolicyFailure> {
@@ -222,7 +226,13 @@ impl Service {
 
     fn scheduled_gc(&mut self) {
         let g = &self.current.spec.gc;
-        let opts = GcOptions { action: GcAction::Collect, max_freed: None, dry_run: false, keep_derivations: g.keep_derivations, keep_outputs: g.keep_outputs };
+        let opts = GcOptions {
+            action: GcAction::Collect,
+            max_freed: None,
+            dry_run: false,
+            keep_derivations: g.keep_derivations,
+            keep_outputs: g.keep_outputs,
+        };
         let mut notice = |m: &str| tracing::debug!("{m}");
         match (Collector { target: &mut self.store, notice: &mut notice }).run(&opts) {
             Ok(r) => tracing::info!("scheduled gc: {} store paths deleted, {} bytes freed", r.paths_deleted(), r.bytes_freed),
@@ -269,7 +279,9 @@ impl Service {
             }
             Err(e) => {
                 // The mount already moved: the old store object no longer matches it.
-                tracing::error!("the mount moved to the new settings, but opening the store with them failed: {e}; fix the config and save it again");
+                tracing::error!(
+                    "the mount moved to the new settings, but opening the store with them failed: {e}; fix the config and save it again"
+                );
                 self.current = new;
                 return;
             }

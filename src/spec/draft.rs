@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::error::{SpecError, SpecErrorKind};
 use super::{
-    GcSpec, MountSpec, PolicyLimits, SpecOrigin, StoreKind, StoreSpec, WatchSpec,
-    DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, DEFAULT_STORE_DIR,
+    GcSpec, MountSpec, PolicyLimits, SpecOrigin, StoreKind, StoreSpec, WatchSpec, DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR,
+    DEFAULT_STATE_DIR, DEFAULT_STORE_DIR,
 };
 
 /// 1-based line and column in a spec file; `None` for URIs, which have none.
@@ -43,27 +43,11 @@ impl Site<'_> {
     pub(crate) fn error(&self, key: &str, pos: Pos, expected: impl Into<String>) -> SpecError {
         let expected = expected.into();
         match self {
-            Site::File {
-                file,
-                prefix,
-                anchor,
-            } => {
+            Site::File { file, prefix, anchor } => {
                 let (line, column) = pos.unwrap_or(*anchor);
-                SpecErrorKind::Toml {
-                    file: file.to_path_buf(),
-                    line,
-                    column,
-                    key: format!("{prefix}{key}"),
-                    expected,
-                }
-                .into()
+                SpecErrorKind::Toml { file: file.to_path_buf(), line, column, key: format!("{prefix}{key}"), expected }.into()
             }
-            Site::Uri { uri, prefix } => SpecErrorKind::Uri {
-                uri: uri.to_string(),
-                param: format!("{prefix}{key}"),
-                expected,
-            }
-            .into(),
+            Site::Uri { uri, prefix } => SpecErrorKind::Uri { uri: uri.to_string(), param: format!("{prefix}{key}"), expected }.into(),
         }
     }
 
@@ -80,10 +64,7 @@ impl Site<'_> {
         match self {
             Site::File { .. } => {
                 let names: Vec<String> = allowed.iter().map(|k| format!("\"{k}\"")).collect();
-                format!(
-                    "only valid with type = {} (this store's type is \"{this}\")",
-                    names.join(" or ")
-                )
+                format!("only valid with type = {} (this store's type is \"{this}\")", names.join(" or "))
             }
             Site::Uri { .. } => {
                 let scheme = |k: &StoreKind| match k {
@@ -92,11 +73,7 @@ impl Site<'_> {
                     StoreKind::Daemon => "`daemon`/`unix://`",
                 };
                 let names: Vec<&str> = allowed.iter().map(scheme).collect();
-                format!(
-                    "only valid in {} store URIs (this is a {} store URI)",
-                    names.join(" or "),
-                    scheme(&this)
-                )
+                format!("only valid in {} store URIs (this is a {} store URI)", names.join(" or "), scheme(&this))
             }
         }
     }
@@ -156,11 +133,7 @@ impl Draft {
 
     /// Applies the kind rules and defaults. The caller fills in `origin`,
     /// `files` and `warnings`.
-    pub(crate) fn finish(
-        self,
-        site: &Site,
-        real_default: RealDefault,
-    ) -> Result<StoreSpec, SpecError> {
+    pub(crate) fn finish(self, site: &Site, real_default: RealDefault) -> Result<StoreSpec, SpecError> {
         let kind = match &self.kind {
             Some(k) => k.value,
             None => self.inferred_kind(),
@@ -182,16 +155,8 @@ impl Draft {
         for (key, pos, kinds) in restricted {
             if let Some(pos) = pos {
                 if !kinds.contains(&kind) {
-                    let why = if key == "immutable" {
-                        "; a daemon store's database belongs to the daemon"
-                    } else {
-                        ""
-                    };
-                    return Err(site.error(
-                        key,
-                        pos,
-                        format!("{}{why}", site.only_for(kinds, kind)),
-                    ));
+                    let why = if key == "immutable" { "; a daemon store's database belongs to the daemon" } else { "" };
+                    return Err(site.error(key, pos, format!("{}{why}", site.only_for(kinds, kind))));
                 }
             }
         }
@@ -202,10 +167,14 @@ impl Draft {
                     "upper-layer",
                     missing_at,
                     match site {
-                        Site::File { .. } => "missing; a local-overlay store needs \
-                            upper-layer = \"<directory of the upper layer>\" (the OverlayFS upperdir)",
-                        Site::Uri { .. } => "missing; a local-overlay store needs \
-                            upper-layer=<absolute directory of the upper layer> (the OverlayFS upperdir)",
+                        Site::File { .. } => {
+                            "missing; a local-overlay store needs \
+                            upper-layer = \"<directory of the upper layer>\" (the OverlayFS upperdir)"
+                        }
+                        Site::Uri { .. } => {
+                            "missing; a local-overlay store needs \
+                            upper-layer=<absolute directory of the upper layer> (the OverlayFS upperdir)"
+                        }
                     },
                 ));
             }
@@ -245,9 +214,7 @@ impl Draft {
                     return Err(site.error(
                         site.name("store-dir"),
                         *pos,
-                        format!(
-                            "expected a directory below \"/\", such as \"{DEFAULT_STORE_DIR}\""
-                        ),
+                        format!("expected a directory below \"/\", such as \"{DEFAULT_STORE_DIR}\""),
                     ));
                 }
                 value.clone()
@@ -259,29 +226,15 @@ impl Draft {
         let real = match self.real {
             Some(a) => a.value,
             None => match (&root, real_default) {
-                (Some(r), RealDefault::RootPlusStoreDir) => {
-                    r.join(store_dir.strip_prefix("/").unwrap_or(&store_dir))
-                }
+                (Some(r), RealDefault::RootPlusStoreDir) => r.join(store_dir.strip_prefix("/").unwrap_or(&store_dir)),
                 (Some(r), RealDefault::RootNixStore) => r.join("nix/store"),
                 (None, _) => store_dir.clone(),
             },
         };
-        let state = self
-            .state
-            .map(|a| a.value)
-            .or_else(|| under_root("nix/var/nix"))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let log = self
-            .log
-            .map(|a| a.value)
-            .or_else(|| under_root("nix/var/log/nix"))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR));
+        let state = self.state.map(|a| a.value).or_else(|| under_root("nix/var/nix")).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let log = self.log.map(|a| a.value).or_else(|| under_root("nix/var/log/nix")).unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR));
         let socket = match kind {
-            Daemon => Some(
-                self.socket
-                    .map(|a| a.value)
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET)),
-            ),
+            Daemon => Some(self.socket.map(|a| a.value).unwrap_or_else(|| PathBuf::from(DEFAULT_DAEMON_SOCKET))),
             _ => None,
         };
 
@@ -308,10 +261,7 @@ impl Draft {
                 return Err(site.error(
                     "upper-layer",
                     *pos,
-                    format!(
-                        "must differ from the store directory {:?} (`real`), which is the mount point",
-                        real.display().to_string()
-                    ),
+                    format!("must differ from the store directory {:?} (`real`), which is the mount point", real.display().to_string()),
                 ));
             }
             if let Some(lower) = &self.lower_store {
@@ -319,10 +269,7 @@ impl Draft {
                     return Err(site.error(
                         "upper-layer",
                         *pos,
-                        format!(
-                            "must differ from the lower store directory {:?}, which is never written",
-                            upper.display().to_string()
-                        ),
+                        format!("must differ from the lower store directory {:?}, which is never written", upper.display().to_string()),
                     ));
                 }
             }

@@ -33,38 +33,19 @@ pub enum SpecErrorKind {
     /// A key or value in a TOML spec that does not fit the schema. `key` is the
     /// dotted path from the top of `file` (`lower-store.upper-layer`).
     #[error("{}:{line}:{column}: {key}: {expected}", file.display())]
-    Toml {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        key: String,
-        expected: String,
-    },
+    Toml { file: PathBuf, line: usize, column: usize, key: String, expected: String },
     /// The file is not TOML at all; `message` is the parser's.
     #[error("{}:{line}:{column}: invalid TOML: {message}", file.display())]
-    Syntax {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Syntax { file: PathBuf, line: usize, column: usize, message: String },
     /// A parameter of a Nix store URI that does not fit. `uri` is the URI as the
     /// user wrote it (the outermost one for nested `lower-store=` URIs) and
     /// `param` the dotted path to the parameter (`lower-store.upper-layer`).
     #[error("store URI '{uri}': {param}: {expected}")]
-    Uri {
-        uri: String,
-        param: String,
-        expected: String,
-    },
+    Uri { uri: String, param: String, expected: String },
     /// A spec file that cannot be read. `included_from` is the `lower-store` key
     /// that named it, when it was not the file given on the command line.
     #[error("{}", io_message(file, error, included_from))]
-    Io {
-        file: PathBuf,
-        error: std::io::Error,
-        included_from: Option<Place>,
-    },
+    Io { file: PathBuf, error: std::io::Error, included_from: Option<Place> },
     /// `lower-store` includes lead back to a file that is being read.
     /// `chain` starts at the first file of the cycle and ends with it again.
     #[error(
@@ -85,10 +66,7 @@ pub struct Place {
 
 fn io_message(file: &std::path::Path, error: &std::io::Error, from: &Option<Place>) -> String {
     match from {
-        None => format!(
-            "cannot read store spec '{}': {error}; give the path of a readable TOML store spec",
-            file.display()
-        ),
+        None => format!("cannot read store spec '{}': {error}; give the path of a readable TOML store spec", file.display()),
         Some(at) => format!(
             "{}:{}:{}: {}: cannot read included store spec '{}': {error}; \
              a relative path is relative to the directory of {}",
@@ -103,9 +81,5 @@ fn io_message(file: &std::path::Path, error: &std::io::Error, from: &Option<Plac
 }
 
 fn chain_text(chain: &[PathBuf]) -> String {
-    chain
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(" -> ")
+    chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> ")
 }

@@ -17,9 +17,7 @@ use toml::{Spanned, Value};
 use super::draft::{At, Draft, Pos, RealDefault, Site};
 use super::error::{Place, SpecError, SpecErrorKind};
 use super::util::{absolute, describe, normalize, unknown_hint};
-use super::{
-    uri, GcSpec, MountSpec, PolicyLimits, SpecOrigin, StoreKind, StoreSpec, WatchSpec, MAX_NESTING,
-};
+use super::{uri, GcSpec, MountSpec, PolicyLimits, SpecOrigin, StoreKind, StoreSpec, WatchSpec, MAX_NESTING};
 
 /// Every key of a store table, in the order the docs list them.
 const STORE_KEYS: &[&str] = &[
@@ -69,14 +67,7 @@ pub(crate) fn from_str(text: &str, file: &Path) -> Result<StoreSpec, SpecError> 
 }
 
 fn read(file: &Path, included_from: Option<Place>) -> Result<String, SpecError> {
-    std::fs::read_to_string(file).map_err(|error| {
-        SpecErrorKind::Io {
-            file: file.to_path_buf(),
-            error,
-            included_from,
-        }
-        .into()
-    })
+    std::fs::read_to_string(file).map_err(|error| SpecErrorKind::Io { file: file.to_path_buf(), error, included_from }.into())
 }
 
 /// A file being read, for include-cycle detection. `id` is canonical when the
@@ -88,10 +79,7 @@ struct Frame {
 
 impl Frame {
     fn new(file: &Path) -> Frame {
-        Frame {
-            id: std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf()),
-            shown: file.to_path_buf(),
-        }
+        Frame { id: std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf()), shown: file.to_path_buf() }
     }
 }
 
@@ -106,22 +94,11 @@ enum Level {
     Included,
 }
 
-fn parse_doc(
-    text: &str,
-    file: &Path,
-    stack: &mut Vec<Frame>,
-    level: Level,
-    depth: usize,
-) -> Result<StoreSpec, SpecError> {
+fn parse_doc(text: &str, file: &Path, stack: &mut Vec<Frame>, level: Level, depth: usize) -> Result<StoreSpec, SpecError> {
     let doc = Doc::new(file, text);
     let table: toml::Table = toml::from_str(text).map_err(|e| doc.syntax(e.message(), e.span()))?;
     let entries = walk(text, table).map_err(|e| doc.syntax(e.message(), e.span()))?;
-    let mut reader = Reader {
-        doc: &doc,
-        stack,
-        files: vec![file.to_path_buf()],
-        warnings: Vec::new(),
-    };
+    let mut reader = Reader { doc: &doc, stack, files: vec![file.to_path_buf()], warnings: Vec::new() };
     let mut spec = reader.store(&entries, "", (1, 1), level, depth)?;
     let mut files: Vec<PathBuf> = Vec::new();
     for f in reader.files {
@@ -144,28 +121,15 @@ struct Doc<'a> {
 
 impl<'a> Doc<'a> {
     fn new(file: &'a Path, text: &'a str) -> Doc<'a> {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        Doc {
-            file,
-            dir: file
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("/")),
-            text,
-            line_starts,
-        }
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Doc { file, dir: file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/")), text, line_starts }
     }
 
     /// 1-based line and column (in characters) of a byte offset.
     fn line_col(&self, offset: usize) -> (usize, usize) {
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count());
+        let column = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count());
         (line, column + 1)
     }
 
@@ -176,12 +140,7 @@ impl<'a> Doc<'a> {
             line,
             column,
             // The parser's message may span lines; ours are one line each.
-            message: message
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; "),
+            message: message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; "),
         }
         .into()
     }
@@ -215,18 +174,9 @@ fn describe_node(n: &Node) -> String {
 /// point at the enclosing table instead of failing.
 fn walk(text: &str, table: toml::Table) -> Result<Vec<Entry>, toml::de::Error> {
     let guide = Value::Table(table);
-    let walked = Walk {
-        guide: &guide,
-        spanned: true,
-    }
-    .deserialize(toml::Deserializer::new(text))
-    .or_else(|_| {
-        Walk {
-            guide: &guide,
-            spanned: false,
-        }
+    let walked = Walk { guide: &guide, spanned: true }
         .deserialize(toml::Deserializer::new(text))
-    })?;
+        .or_else(|_| Walk { guide: &guide, spanned: false }.deserialize(toml::Deserializer::new(text)))?;
     match walked {
         Node::Table(entries) => Ok(entries),
         _ => Ok(Vec::new()),
@@ -243,14 +193,8 @@ impl<'de> DeserializeSeed<'de> for Walk<'_> {
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
         match self.guide {
-            Value::Table(t) => d.deserialize_map(TableVisitor {
-                guide: t,
-                spanned: self.spanned,
-            }),
-            Value::Array(a) => d.deserialize_seq(ArrayVisitor {
-                guide: a,
-                spanned: self.spanned,
-            }),
+            Value::Table(t) => d.deserialize_map(TableVisitor { guide: t, spanned: self.spanned }),
+            Value::Array(a) => d.deserialize_seq(ArrayVisitor { guide: a, spanned: self.spanned }),
             other => {
                 IgnoredAny::deserialize(d)?;
                 Ok(Node::Scalar(other.clone()))
@@ -288,13 +232,8 @@ impl<'de> Visitor<'de> for TableVisitor<'_> {
                     None => break,
                 }
             };
-            let guide = self.guide.get(&key).ok_or_else(|| {
-                de::Error::custom(format!("key `{key}` missing from first parse"))
-            })?;
-            let value = map.next_value_seed(Walk {
-                guide,
-                spanned: self.spanned,
-            })?;
+            let guide = self.guide.get(&key).ok_or_else(|| de::Error::custom(format!("key `{key}` missing from first parse")))?;
+            let value = map.next_value_seed(Walk { guide, spanned: self.spanned })?;
             entries.push(Entry { key, span, value });
         }
         Ok(Node::Table(entries))
@@ -316,10 +255,7 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
         let mut items = Vec::new();
         for guide in self.guide {
-            match seq.next_element_seed(Walk {
-                guide,
-                spanned: self.spanned,
-            })? {
+            match seq.next_element_seed(Walk { guide, spanned: self.spanned })? {
                 Some(n) => items.push(n),
                 None => break,
             }
@@ -346,12 +282,7 @@ impl Reader<'_> {
 
     fn place(&self, pos: Pos, anchor: (usize, usize), key: String) -> Place {
         let (line, column) = pos.unwrap_or(anchor);
-        Place {
-            file: self.doc.file.to_path_buf(),
-            line,
-            column,
-            key,
-        }
+        Place { file: self.doc.file.to_path_buf(), line, column, key }
     }
 
     /// One store table: `prefix` is its dotted path, `anchor` where errors
@@ -365,28 +296,16 @@ impl Reader<'_> {
         depth: usize,
     ) -> Result<StoreSpec, SpecError> {
         let file = self.doc.file;
-        let site = Site::File {
-            file,
-            prefix,
-            anchor,
-        };
+        let site = Site::File { file, prefix, anchor };
         let files_mark = self.files.len();
         let warnings_mark = self.warnings.len();
-        let mut d = Draft {
-            missing_at: Some(anchor),
-            ..Draft::default()
-        };
+        let mut d = Draft { missing_at: Some(anchor), ..Draft::default() };
 
         for e in entries {
             let pos = self.pos(e);
             let key = e.key.as_str();
             match key {
-                "type" => {
-                    d.kind = Some(At {
-                        value: kind(&site, e, pos)?,
-                        pos,
-                    })
-                }
+                "type" => d.kind = Some(At { value: kind(&site, e, pos)?, pos }),
                 "store-dir" => d.store_dir = Some(self.path(&site, key, e, pos, false)?),
                 "root" => d.root = Some(self.path(&site, key, e, pos, true)?),
                 "real" => d.real = Some(self.path(&site, key, e, pos, true)?),
@@ -404,11 +323,7 @@ impl Reader<'_> {
                 "immutable" => d.immutable = Some(boolean(&site, key, &e.value, pos)?),
                 "lower-store" => {
                     if depth + 1 > MAX_NESTING {
-                        return Err(site.error(
-                            key,
-                            pos,
-                            format!("lower stores nest more than {MAX_NESTING} levels deep"),
-                        ));
+                        return Err(site.error(key, pos, format!("lower stores nest more than {MAX_NESTING} levels deep")));
                     }
                     let value = self.lower(&site, prefix, e, pos.unwrap_or(anchor), depth)?;
                     d.lower_store = Some(At { value, pos });
@@ -426,12 +341,7 @@ impl Reader<'_> {
                     let mut top = Draft::default();
                     match key {
                         "policy" => top.policy = Some(self.path(&site, key, e, pos, true)?),
-                        "mount" => {
-                            top.mount = Some(At {
-                                value: self.mount(&site, e, pos)?,
-                                pos,
-                            })
-                        }
+                        "mount" => top.mount = Some(At { value: self.mount(&site, e, pos)?, pos }),
                         "gc" => top.gc = Some(gc(&site, e, pos, self)?),
                         "watch" => top.watch = Some(watch(&site, e, pos, self)?),
                         _ => top.policy_limits = Some(policy_limits(&site, e, pos, self)?),
@@ -451,69 +361,35 @@ impl Reader<'_> {
                         d.policy_limits = top.policy_limits.or(d.policy_limits);
                     }
                 }
-                _ => {
-                    return Err(site.error(
-                        key,
-                        pos,
-                        format!("unknown key; {}", unknown_hint(key, STORE_KEYS)),
-                    ))
-                }
+                _ => return Err(site.error(key, pos, format!("unknown key; {}", unknown_hint(key, STORE_KEYS)))),
             }
         }
 
         let mut spec = d.finish(&site, RealDefault::RootPlusStoreDir)?;
         spec.origin = SpecOrigin::File(file.to_path_buf());
-        spec.files = std::iter::once(file.to_path_buf())
-            .chain(self.files[files_mark..].iter().cloned())
-            .collect();
+        spec.files = std::iter::once(file.to_path_buf()).chain(self.files[files_mark..].iter().cloned()).collect();
         spec.warnings = self.warnings[warnings_mark..].to_vec();
         Ok(spec)
     }
 
     /// A path value. Relative paths are resolved against the file's
     /// directory unless `resolve` is false (`store-dir`, which is logical).
-    fn path(
-        &self,
-        site: &Site,
-        key: &str,
-        e: &Entry,
-        pos: Pos,
-        resolve: bool,
-    ) -> Result<At<PathBuf>, SpecError> {
+    fn path(&self, site: &Site, key: &str, e: &Entry, pos: Pos, resolve: bool) -> Result<At<PathBuf>, SpecError> {
         let s = match &e.value {
             Node::Scalar(Value::String(s)) => s,
-            other => {
-                return Err(site.error(
-                    key,
-                    pos,
-                    format!("expected a path (a string), found {}", describe_node(other)),
-                ))
-            }
+            other => return Err(site.error(key, pos, format!("expected a path (a string), found {}", describe_node(other)))),
         };
         check_path_text(site, key, s, pos)?;
-        let value = if resolve {
-            normalize(&self.doc.dir.join(s))
-        } else {
-            normalize(Path::new(s))
-        };
+        let value = if resolve { normalize(&self.doc.dir.join(s)) } else { normalize(Path::new(s)) };
         Ok(At { value, pos })
     }
 
     /// `lower-store`: a table, or a string naming a file, a root or a URI.
-    fn lower(
-        &mut self,
-        site: &Site,
-        prefix: &str,
-        e: &Entry,
-        at: (usize, usize),
-        depth: usize,
-    ) -> Result<StoreSpec, SpecError> {
+    fn lower(&mut self, site: &Site, prefix: &str, e: &Entry, at: (usize, usize), depth: usize) -> Result<StoreSpec, SpecError> {
         let pos = Some(at);
         let key = format!("{prefix}lower-store");
         let s = match &e.value {
-            Node::Table(entries) => {
-                return self.store(entries, &format!("{key}."), at, Level::Inline, depth + 1)
-            }
+            Node::Table(entries) => return self.store(entries, &format!("{key}."), at, Level::Inline, depth + 1),
             Node::Scalar(Value::String(s)) => s,
             other => {
                 return Err(site.error(
@@ -536,19 +412,8 @@ impl Reader<'_> {
             // A store root relative to this file, as any other path here.
             check_path_text(site, "lower-store", s, pos)?;
             let root = normalize(&self.doc.dir.join(s));
-            let draft = Draft {
-                kind: Some(At {
-                    value: StoreKind::Local,
-                    pos,
-                }),
-                root: Some(At { value: root, pos }),
-                ..Draft::default()
-            };
-            let nested = Site::File {
-                file: self.doc.file,
-                prefix: &format!("{key}."),
-                anchor: at,
-            };
+            let draft = Draft { kind: Some(At { value: StoreKind::Local, pos }), root: Some(At { value: root, pos }), ..Draft::default() };
+            let nested = Site::File { file: self.doc.file, prefix: &format!("{key}."), anchor: at };
             let mut spec = draft.finish(&nested, RealDefault::RootPlusStoreDir)?;
             spec.origin = SpecOrigin::File(self.doc.file.to_path_buf());
             spec.files = vec![self.doc.file.to_path_buf()];
@@ -559,10 +424,7 @@ impl Reader<'_> {
             Ok(spec) => {
                 let (line, column) = at;
                 for w in &spec.warnings {
-                    self.warnings.push(format!(
-                        "{}:{line}:{column}: {key}: {w}",
-                        self.doc.file.display()
-                    ));
+                    self.warnings.push(format!("{}:{line}:{column}: {key}: {w}", self.doc.file.display()));
                 }
                 Ok(spec)
             }
@@ -585,11 +447,7 @@ impl Reader<'_> {
         let path = normalize(&self.doc.dir.join(name));
         let frame = Frame::new(&path);
         if let Some(i) = self.stack.iter().position(|f| f.id == frame.id) {
-            let chain = self.stack[i..]
-                .iter()
-                .map(|f| f.shown.clone())
-                .chain(std::iter::once(path))
-                .collect();
+            let chain = self.stack[i..].iter().map(|f| f.shown.clone()).chain(std::iter::once(path)).collect();
             return Err(SpecErrorKind::IncludeCycle { at, chain }.into());
         }
         tracing::debug!(file = %path.display(), "reading included store spec");
@@ -610,30 +468,20 @@ impl Reader<'_> {
         for sub in entries {
             let spos = self.pos(sub);
             match sub.key.as_str() {
-                "workdir" => {
-                    workdir = Some(self.path(site, "mount.workdir", sub, spos, true)?.value)
-                }
+                "workdir" => workdir = Some(self.path(site, "mount.workdir", sub, spos, true)?.value),
                 "options" => options = mount_options(site, sub, spos)?,
                 other => return Err(unknown(site, "mount", other, spos, MOUNT_KEYS)),
             }
         }
         let workdir = workdir.ok_or_else(|| {
-            site.error(
-                "mount.workdir",
-                pos,
-                "missing; [mount] needs workdir = \"<empty directory on the upper layer's filesystem>\"",
-            )
+            site.error("mount.workdir", pos, "missing; [mount] needs workdir = \"<empty directory on the upper layer's filesystem>\"")
         })?;
         Ok(MountSpec { workdir, options })
     }
 }
 
 fn unknown(site: &Site, table: &str, key: &str, pos: Pos, known: &[&str]) -> SpecError {
-    site.error(
-        &format!("{table}.{key}"),
-        pos,
-        format!("unknown key; {}", unknown_hint(key, known)),
-    )
+    site.error(&format!("{table}.{key}"), pos, format!("unknown key; {}", unknown_hint(key, known)))
 }
 
 /// Rejects path strings that cannot mean what the user intended.
@@ -654,13 +502,7 @@ fn kind(site: &Site, e: &Entry, pos: Pos) -> Result<StoreKind, SpecError> {
     let valid = r#"one of "local", "local-overlay", "daemon""#;
     let s = match &e.value {
         Node::Scalar(Value::String(s)) => s,
-        other => {
-            return Err(site.error(
-                "type",
-                pos,
-                format!("expected {valid}, found {}", describe_node(other)),
-            ))
-        }
+        other => return Err(site.error("type", pos, format!("expected {valid}, found {}", describe_node(other)))),
     };
     match s.as_str() {
         "local" => Ok(StoreKind::Local),
@@ -672,11 +514,7 @@ fn kind(site: &Site, e: &Entry, pos: Pos) -> Result<StoreKind, SpecError> {
                 Some(m) => format!(" (did you mean \"{m}\"?)"),
                 None => String::new(),
             };
-            Err(site.error(
-                "type",
-                pos,
-                format!("expected {valid}, found {other:?}{hint}"),
-            ))
+            Err(site.error("type", pos, format!("expected {valid}, found {other:?}{hint}")))
         }
     }
 }
@@ -684,40 +522,22 @@ fn kind(site: &Site, e: &Entry, pos: Pos) -> Result<StoreKind, SpecError> {
 fn boolean(site: &Site, key: &str, v: &Node, pos: Pos) -> Result<At<bool>, SpecError> {
     match v {
         Node::Scalar(Value::Boolean(b)) => Ok(At { value: *b, pos }),
-        other => Err(site.error(
-            key,
-            pos,
-            format!("expected true or false, found {}", describe_node(other)),
-        )),
+        other => Err(site.error(key, pos, format!("expected true or false, found {}", describe_node(other)))),
     }
 }
 
 fn integer(site: &Site, key: &str, v: &Node, pos: Pos, min: u64) -> Result<u64, SpecError> {
-    let expected = if min == 0 {
-        "a non-negative integer".to_string()
-    } else {
-        format!("an integer of at least {min}")
-    };
+    let expected = if min == 0 { "a non-negative integer".to_string() } else { format!("an integer of at least {min}") };
     match v {
-        Node::Scalar(Value::Integer(i)) if u64::try_from(*i).is_ok_and(|u| u >= min) => {
-            Ok(*i as u64)
-        }
-        other => Err(site.error(
-            key,
-            pos,
-            format!("expected {expected}, found {}", describe_node(other)),
-        )),
+        Node::Scalar(Value::Integer(i)) if u64::try_from(*i).is_ok_and(|u| u >= min) => Ok(*i as u64),
+        other => Err(site.error(key, pos, format!("expected {expected}, found {}", describe_node(other)))),
     }
 }
 
 fn table<'e>(site: &Site, key: &str, e: &'e Entry, pos: Pos) -> Result<&'e [Entry], SpecError> {
     match &e.value {
         Node::Table(entries) => Ok(entries),
-        other => Err(site.error(
-            key,
-            pos,
-            format!("expected a table, found {}", describe_node(other)),
-        )),
+        other => Err(site.error(key, pos, format!("expected a table, found {}", describe_node(other)))),
     }
 }
 
@@ -727,16 +547,7 @@ fn mount_options(site: &Site, e: &Entry, pos: Pos) -> Result<Vec<String>, SpecEr
     let key = "mount.options";
     let items = match &e.value {
         Node::Array(items) => items,
-        other => {
-            return Err(site.error(
-                key,
-                pos,
-                format!(
-                    "expected an array of strings, found {}",
-                    describe_node(other)
-                ),
-            ))
-        }
+        other => return Err(site.error(key, pos, format!("expected an array of strings, found {}", describe_node(other)))),
     };
     let mut options = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -746,20 +557,12 @@ fn mount_options(site: &Site, e: &Entry, pos: Pos) -> Result<Vec<String>, SpecEr
                 return Err(site.error(
                     key,
                     pos,
-                    format!(
-                        "expected an array of strings, but element {} is {}",
-                        i + 1,
-                        describe_node(other)
-                    ),
+                    format!("expected an array of strings, but element {} is {}", i + 1, describe_node(other)),
                 ))
             }
         };
         if s.is_empty() || s.contains(',') {
-            return Err(site.error(
-                key,
-                pos,
-                format!("expected one non-empty option per string (no commas), found {s:?}"),
-            ));
+            return Err(site.error(key, pos, format!("expected one non-empty option per string (no commas), found {s:?}")));
         }
         let name = s.split('=').next().unwrap_or(s);
         if matches!(name, "lowerdir" | "upperdir" | "workdir") {
@@ -783,9 +586,7 @@ fn gc(site: &Site, e: &Entry, pos: Pos, r: &Reader) -> Result<GcSpec, SpecError>
         let spos = r.pos(sub);
         let key = format!("gc.{}", sub.key);
         match sub.key.as_str() {
-            "keep-derivations" => {
-                gc.keep_derivations = boolean(site, &key, &sub.value, spos)?.value
-            }
+            "keep-derivations" => gc.keep_derivations = boolean(site, &key, &sub.value, spos)?.value,
             "keep-outputs" => gc.keep_outputs = boolean(site, &key, &sub.value, spos)?.value,
             other => return Err(unknown(site, "gc", other, spos, GC_KEYS)),
         }
@@ -798,12 +599,8 @@ fn watch(site: &Site, e: &Entry, pos: Pos, r: &Reader) -> Result<WatchSpec, Spec
     for sub in table(site, "watch", e, pos)? {
         let spos = r.pos(sub);
         match sub.key.as_str() {
-            "debounce-ms" => {
-                watch.debounce_ms = integer(site, "watch.debounce-ms", &sub.value, spos, 0)?
-            }
-            "gc-interval-secs" => {
-                watch.gc_interval_secs = Some(integer(site, "watch.gc-interval-secs", &sub.value, spos, 1)?)
-            }
+            "debounce-ms" => watch.debounce_ms = integer(site, "watch.debounce-ms", &sub.value, spos, 0)?,
+            "gc-interval-secs" => watch.gc_interval_secs = Some(integer(site, "watch.gc-interval-secs", &sub.value, spos, 1)?),
             "optimise-interval-secs" => {
                 watch.optimise_interval_secs = Some(integer(site, "watch.optimise-interval-secs", &sub.value, spos, 1)?)
             }
@@ -821,15 +618,7 @@ fn policy_limits(site: &Site, e: &Entry, pos: Pos, r: &Reader) -> Result<PolicyL
         match sub.key.as_str() {
             "instructions" => limits.instructions = integer(site, &key, &sub.value, spos, 1)?,
             "memory-mib" => limits.memory_mib = integer(site, &key, &sub.value, spos, 1)?,
-            other => {
-                return Err(unknown(
-                    site,
-                    "policy-limits",
-                    other,
-                    spos,
-                    POLICY_LIMITS_KEYS,
-                ))
-            }
+            other => return Err(unknown(site, "policy-limits", other, spos, POLICY_LIMITS_KEYS)),
         }
     }
     Ok(limits)

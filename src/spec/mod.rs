@@ -154,10 +154,7 @@ pub struct GcSpec {
 
 impl Default for GcSpec {
     fn default() -> Self {
-        GcSpec {
-            keep_derivations: true,
-            keep_outputs: false,
-        }
+        GcSpec { keep_derivations: true, keep_outputs: false }
     }
 }
 
@@ -175,11 +172,7 @@ pub struct WatchSpec {
 
 impl Default for WatchSpec {
     fn default() -> Self {
-        WatchSpec {
-            debounce_ms: DEFAULT_DEBOUNCE_MS,
-            gc_interval_secs: None,
-            optimise_interval_secs: None,
-        }
+        WatchSpec { debounce_ms: DEFAULT_DEBOUNCE_MS, gc_interval_secs: None, optimise_interval_secs: None }
     }
 }
 
@@ -192,10 +185,7 @@ pub struct PolicyLimits {
 
 impl Default for PolicyLimits {
     fn default() -> Self {
-        PolicyLimits {
-            instructions: DEFAULT_POLICY_INSTRUCTIONS,
-            memory_mib: DEFAULT_POLICY_MEMORY_MIB,
-        }
+        PolicyLimits { instructions: DEFAULT_POLICY_INSTRUCTIONS, memory_mib: DEFAULT_POLICY_MEMORY_MIB }
     }
 }
 

@@ -56,11 +56,7 @@ fn assert_round_trip(spec: &StoreSpec) {
     let uri = spec.to_uri();
     let back = StoreSpec::from_uri(&uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
     assert_eq!(strip(back), strip(spec.clone()), "round trip through {uri}");
-    assert_eq!(
-        StoreSpec::from_uri(&uri).unwrap().to_uri(),
-        uri,
-        "to_uri is stable"
-    );
+    assert_eq!(StoreSpec::from_uri(&uri).unwrap().to_uri(), uri, "to_uri is stable");
 }
 
 // ---------------------------------------------------------------- defaults
@@ -79,21 +75,9 @@ fn empty_spec_is_the_system_local_store() {
     assert_eq!(s.socket, None);
     assert_eq!(s.lower_store, None);
     assert_eq!(s.mount, None);
-    assert_eq!(
-        s.gc,
-        GcSpec {
-            keep_derivations: true,
-            keep_outputs: false
-        }
-    );
+    assert_eq!(s.gc, GcSpec { keep_derivations: true, keep_outputs: false });
     assert_eq!(s.watch.debounce_ms, 200);
-    assert_eq!(
-        s.policy_limits,
-        PolicyLimits {
-            instructions: 100_000_000,
-            memory_mib: 64
-        }
-    );
+    assert_eq!(s.policy_limits, PolicyLimits { instructions: 100_000_000, memory_mib: 64 });
     assert_eq!(s.origin, SpecOrigin::File(p(FILE)));
     assert_eq!(s.files, vec![p(FILE)]);
     assert!(s.warnings().is_empty());
@@ -112,10 +96,7 @@ fn root_derives_real_state_and_log() {
     let u = uri_ok("local?root=/mnt/r");
     assert_eq!((u.real, u.state, u.log), (s.real, s.state, s.log));
     assert_eq!(strip(uri_ok("/mnt/r")), strip(uri_ok("local?root=/mnt/r")));
-    assert_eq!(
-        strip(uri_ok("local:///mnt/r")),
-        strip(uri_ok("local?root=/mnt/r"))
-    );
+    assert_eq!(strip(uri_ok("local:///mnt/r")), strip(uri_ok("local?root=/mnt/r")));
 }
 
 #[test]
@@ -142,10 +123,7 @@ fn store_dir_moves_real_in_toml_but_not_in_uris() {
     let u = uri_ok("local?root=/r&store=/gnu/store");
     assert_eq!(u.real, p("/r/nix/store"));
     // Either way to_uri says exactly which directory, so Nix agrees.
-    assert_eq!(
-        s.to_uri(),
-        "local?root=/r&store=/gnu/store&real=/r/gnu/store"
-    );
+    assert_eq!(s.to_uri(), "local?root=/r&store=/gnu/store&real=/r/gnu/store");
     assert_round_trip(&s);
     assert_round_trip(&u);
 }
@@ -163,10 +141,7 @@ fn daemon_defaults() {
     let custom = uri_ok("unix:///run/nix/sock?real=/mnt/a/nix/store");
     assert_eq!(custom.socket, Some(p("/run/nix/sock")));
     assert_eq!(custom.real, p("/mnt/a/nix/store"));
-    assert_eq!(
-        custom.to_uri(),
-        "unix:///run/nix/sock?real=/mnt/a/nix/store"
-    );
+    assert_eq!(custom.to_uri(), "unix:///run/nix/sock?real=/mnt/a/nix/store");
 }
 
 #[test]
@@ -200,10 +175,7 @@ workdir = "./work"
     assert_eq!(s.remount_hook, Some(p("/etc/overlay/bin/remount")));
     assert_eq!(s.policy, Some(p("/etc/overlay/lua/default.lua")));
     assert_eq!(s.mount.as_ref().unwrap().workdir, p("/etc/overlay/work"));
-    assert_eq!(
-        s.lower().unwrap().socket,
-        Some(p("/etc/overlay/run/daemon.sock"))
-    );
+    assert_eq!(s.lower().unwrap().socket, Some(p("/etc/overlay/run/daemon.sock")));
     assert_eq!(s.lower().unwrap().real, p("/nix/store"));
 }
 
@@ -266,23 +238,9 @@ read-only = true
 #[track_caller]
 fn assert_three_levels(s: &StoreSpec) {
     let kinds: Vec<StoreKind> = s.layers().map(|l| l.kind).collect();
-    assert_eq!(
-        kinds,
-        [
-            StoreKind::LocalOverlay,
-            StoreKind::LocalOverlay,
-            StoreKind::Local
-        ]
-    );
+    assert_eq!(kinds, [StoreKind::LocalOverlay, StoreKind::LocalOverlay, StoreKind::Local]);
     let reals: Vec<&Path> = s.layers().map(|l| l.real.as_path()).collect();
-    assert_eq!(
-        reals,
-        [
-            Path::new("/mnt/c/nix/store"),
-            Path::new("/mnt/b/nix/store"),
-            Path::new("/mnt/a/nix/store")
-        ]
-    );
+    assert_eq!(reals, [Path::new("/mnt/c/nix/store"), Path::new("/mnt/b/nix/store"), Path::new("/mnt/a/nix/store")]);
     let b = s.lower().unwrap();
     assert_eq!(b.upper_layer, Some(p("/mnt/b-upper")));
     assert!(!b.check_mount);
@@ -307,25 +265,16 @@ fn three_levels_via_tables() {
 
 #[test]
 fn three_levels_via_uris() {
-    let inner =
-        "local-overlay://?root=/mnt/b&lower-store=local%3Froot%3D%2Fmnt%2Fa%26read-only%3Dtrue\
+    let inner = "local-overlay://?root=/mnt/b&lower-store=local%3Froot%3D%2Fmnt%2Fa%26read-only%3Dtrue\
                  &upper-layer=/mnt/b-upper&check-mount=false";
-    let outer = format!(
-        "local-overlay://?root=/mnt/c&upper-layer=/mnt/c-upper&lower-store={}",
-        uri::encode(inner, false)
-    );
+    let outer = format!("local-overlay://?root=/mnt/c&upper-layer=/mnt/c-upper&lower-store={}", uri::encode(inner, false));
     let s = uri_ok(&outer);
     assert_three_levels(&s);
-    assert_eq!(
-        s.lower().unwrap().origin,
-        SpecOrigin::Uri(inner.to_string())
-    );
+    assert_eq!(s.lower().unwrap().origin, SpecOrigin::Uri(inner.to_string()));
     assert_eq!(strip(s.clone()), strip(toml_ok(THREE_LEVELS_TOML)));
 
     // The same lower-store URI as a TOML string.
-    let from_toml = toml_ok(&format!(
-        "root = \"/mnt/c\"\nupper-layer = \"/mnt/c-upper\"\nlower-store = \"{inner}\""
-    ));
+    let from_toml = toml_ok(&format!("root = \"/mnt/c\"\nupper-layer = \"/mnt/c-upper\"\nlower-store = \"{inner}\""));
     assert_eq!(strip(from_toml), strip(s));
 }
 
@@ -349,11 +298,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn three_levels_via_included_files() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let top = write(
-        d,
-        "top.toml",
-        "root = \"/mnt/c\"\nupper-layer = \"/mnt/c-upper\"\nlower-store = \"layers/b.toml\"\n",
-    );
+    let top = write(d, "top.toml", "root = \"/mnt/c\"\nupper-layer = \"/mnt/c-upper\"\nlower-store = \"layers/b.toml\"\n");
     let b = write(
         d,
         "layers/b.toml",
@@ -367,10 +312,7 @@ fn three_levels_via_included_files() {
     assert_eq!(s.files, vec![top.clone(), b.clone(), a.clone()]);
     assert_eq!(s.lower().unwrap().files, vec![b.clone(), a.clone()]);
     assert_eq!(s.lower().unwrap().origin, SpecOrigin::File(b.clone()));
-    assert_eq!(
-        s.lower().unwrap().lower().unwrap().origin,
-        SpecOrigin::File(a.clone())
-    );
+    assert_eq!(s.lower().unwrap().lower().unwrap().origin, SpecOrigin::File(a.clone()));
     // b's `policy` belongs to b's own deployment: ignored here, with a warning.
     assert_eq!(s.lower().unwrap().policy, None);
     assert_eq!(
@@ -388,16 +330,8 @@ fn three_levels_via_included_files() {
 fn include_cycles_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let a = write(
-        d,
-        "a.toml",
-        "upper-layer = \"/u\"\nlower-store = \"b.toml\"\n",
-    );
-    let b = write(
-        d,
-        "b.toml",
-        "upper-layer = \"/v\"\n\nlower-store = \"./a.toml\"\n",
-    );
+    let a = write(d, "a.toml", "upper-layer = \"/u\"\nlower-store = \"b.toml\"\n");
+    let b = write(d, "b.toml", "upper-layer = \"/v\"\n\nlower-store = \"./a.toml\"\n");
     assert_eq!(
         StoreSpec::from_file(&a).unwrap_err().to_string(),
         format!(
@@ -407,11 +341,7 @@ fn include_cycles_are_errors() {
             b = b.display()
         )
     );
-    let me = write(
-        d,
-        "self.toml",
-        "upper-layer = \"/u\"\nlower-store = \"self.toml\"\n",
-    );
+    let me = write(d, "self.toml", "upper-layer = \"/u\"\nlower-store = \"self.toml\"\n");
     let err = StoreSpec::from_file(&me).unwrap_err();
     assert!(matches!(err.kind(), SpecErrorKind::IncludeCycle { chain, .. } if chain.len() == 2));
 }
@@ -429,11 +359,7 @@ fn missing_files_name_the_file() {
             missing.display()
         )
     );
-    let top = write(
-        d,
-        "top.toml",
-        "upper-layer = \"/u\"\n  lower-store = \"lower.toml\"\n",
-    );
+    let top = write(d, "top.toml", "upper-layer = \"/u\"\n  lower-store = \"lower.toml\"\n");
     assert_eq!(
         StoreSpec::from_file(&top).unwrap_err().to_string(),
         format!(
@@ -450,18 +376,11 @@ fn missing_files_name_the_file() {
 fn errors_in_included_files_point_into_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let top = write(
-        d,
-        "top.toml",
-        "upper-layer = \"/u\"\nlower-store = \"lower.toml\"\n",
-    );
+    let top = write(d, "top.toml", "upper-layer = \"/u\"\nlower-store = \"lower.toml\"\n");
     let lower = write(d, "lower.toml", "root = \"/a\"\nroto = \"/b\"\n");
     assert_eq!(
         StoreSpec::from_file(&top).unwrap_err().to_string(),
-        format!(
-            "{}:2:1: roto: unknown key; did you mean `root`?",
-            lower.display()
-        )
+        format!("{}:2:1: roto: unknown key; did you mean `root`?", lower.display())
     );
 }
 
@@ -469,14 +388,8 @@ fn errors_in_included_files_point_into_them() {
 
 #[test]
 fn unknown_keys_suggest_the_closest() {
-    assert_eq!(
-        toml_err("type = \"local\"\n\n   tpye = \"local\""),
-        "/etc/overlay/store.toml:3:4: tpye: unknown key; did you mean `type`?"
-    );
-    assert_eq!(
-        toml_err("upper_layer = \"/u\""),
-        "/etc/overlay/store.toml:1:1: upper_layer: unknown key; did you mean `upper-layer`?"
-    );
+    assert_eq!(toml_err("type = \"local\"\n\n   tpye = \"local\""), "/etc/overlay/store.toml:3:4: tpye: unknown key; did you mean `type`?");
+    assert_eq!(toml_err("upper_layer = \"/u\""), "/etc/overlay/store.toml:1:1: upper_layer: unknown key; did you mean `upper-layer`?");
     assert_eq!(
         toml_err("[lower-store]\nroot = \"/a\"\nreadonly = true"),
         "/etc/overlay/store.toml:3:1: lower-store.readonly: unknown key; did you mean `read-only`?"
@@ -491,22 +404,13 @@ fn unknown_keys_suggest_the_closest() {
         toml_err("[gc]\nkeep-output = true"),
         "/etc/overlay/store.toml:2:1: gc.keep-output: unknown key; did you mean `keep-outputs`?"
     );
-    assert_eq!(
-        toml_err("[watch]\ndebounce = 5"),
-        "/etc/overlay/store.toml:2:1: watch.debounce: unknown key; did you mean `debounce-ms`?"
-    );
+    assert_eq!(toml_err("[watch]\ndebounce = 5"), "/etc/overlay/store.toml:2:1: watch.debounce: unknown key; did you mean `debounce-ms`?");
 }
 
 #[test]
 fn wrong_types_name_key_and_expected_type() {
-    assert_eq!(
-        toml_err("read-only = \"yes\""),
-        "/etc/overlay/store.toml:1:1: read-only: expected true or false, found string \"yes\""
-    );
-    assert_eq!(
-        toml_err("root = 5"),
-        "/etc/overlay/store.toml:1:1: root: expected a path (a string), found integer 5"
-    );
+    assert_eq!(toml_err("read-only = \"yes\""), "/etc/overlay/store.toml:1:1: read-only: expected true or false, found string \"yes\"");
+    assert_eq!(toml_err("root = 5"), "/etc/overlay/store.toml:1:1: root: expected a path (a string), found integer 5");
     assert_eq!(
         toml_err("upper-layer = \"/u\"\nlower-store = { root = \"/a\", immutable = 1 }"),
         "/etc/overlay/store.toml:2:30: lower-store.immutable: expected true or false, found integer 1"
@@ -516,10 +420,7 @@ fn wrong_types_name_key_and_expected_type() {
         "/etc/overlay/store.toml:2:1: lower-store: expected a table (a nested store spec) or a string \
          (a store URI, an absolute path or a .toml file), found integer 3"
     );
-    assert_eq!(
-        toml_err("gc = true"),
-        "/etc/overlay/store.toml:1:1: gc: expected a table, found boolean true"
-    );
+    assert_eq!(toml_err("gc = true"), "/etc/overlay/store.toml:1:1: gc: expected a table, found boolean true");
     assert_eq!(
         toml_err("watch.debounce-ms = -5"),
         "/etc/overlay/store.toml:1:7: watch.debounce-ms: expected a non-negative integer, found integer -5"
@@ -533,14 +434,8 @@ fn wrong_types_name_key_and_expected_type() {
         toml_err("state = 1979-05-27"),
         "/etc/overlay/store.toml:1:1: state: expected a path (a string), found date-time 1979-05-27"
     );
-    assert_eq!(
-        toml_err("log = \"\""),
-        "/etc/overlay/store.toml:1:1: log: expected a path, found an empty string"
-    );
-    assert_eq!(
-        toml_err("root = \"~/nix\""),
-        "/etc/overlay/store.toml:1:1: root: `~` is not expanded here; write the path out"
-    );
+    assert_eq!(toml_err("log = \"\""), "/etc/overlay/store.toml:1:1: log: expected a path, found an empty string");
+    assert_eq!(toml_err("root = \"~/nix\""), "/etc/overlay/store.toml:1:1: root: `~` is not expanded here; write the path out");
 }
 
 #[test]
@@ -565,17 +460,11 @@ fn unknown_type_values_list_the_valid_ones() {
 #[test]
 fn syntax_errors_have_positions() {
     let e = toml_err("root = \"/a\"\nroot = \"/b\"\n");
-    assert!(
-        e.starts_with("/etc/overlay/store.toml:2:1: invalid TOML: duplicate key"),
-        "{e}"
-    );
+    assert!(e.starts_with("/etc/overlay/store.toml:2:1: invalid TOML: duplicate key"), "{e}");
     let e = toml_err("root = \"/a\nx = 1");
     assert!(e.starts_with("/etc/overlay/store.toml:1:"), "{e}");
     assert!(!e.contains('\n'), "one line: {e}");
-    assert_eq!(
-        toml_err("[lower-store\nroot = 1\n"),
-        "/etc/overlay/store.toml:1:13: invalid TOML: invalid table header; expected `.`, `]`"
-    );
+    assert_eq!(toml_err("[lower-store\nroot = 1\n"), "/etc/overlay/store.toml:1:13: invalid TOML: invalid table header; expected `.`, `]`");
 }
 
 #[test]
@@ -662,16 +551,8 @@ fn top_level_tables_are_errors_in_inline_lower_stores() {
 
 #[test]
 fn mount_table() {
-    let s = toml_ok(
-        "upper-layer = \"/x/upper\"\nlower-store = \"/a\"\n[mount]\nworkdir = \"/x/work\"\noptions = [\"userxattr\"]",
-    );
-    assert_eq!(
-        s.mount,
-        Some(MountSpec {
-            workdir: p("/x/work"),
-            options: vec!["userxattr".into()]
-        })
-    );
+    let s = toml_ok("upper-layer = \"/x/upper\"\nlower-store = \"/a\"\n[mount]\nworkdir = \"/x/work\"\noptions = [\"userxattr\"]");
+    assert_eq!(s.mount, Some(MountSpec { workdir: p("/x/work"), options: vec!["userxattr".into()] }));
     let base = "upper-layer = \"/x/upper\"\nlower-store = \"/a\"\n";
     assert_eq!(
         toml_err(&format!("{base}[mount]\noptions = []")),
@@ -683,9 +564,7 @@ fn mount_table() {
         "/etc/overlay/store.toml:5:1: mount.options: expected an array of strings, but element 2 is integer 3"
     );
     assert_eq!(
-        toml_err(&format!(
-            "{base}[mount]\nworkdir = \"/w\"\noptions = [\"index=on,xino=off\"]"
-        )),
+        toml_err(&format!("{base}[mount]\nworkdir = \"/w\"\noptions = [\"index=on,xino=off\"]")),
         "/etc/overlay/store.toml:5:1: mount.options: expected one non-empty option per string \
          (no commas), found \"index=on,xino=off\""
     );
@@ -711,21 +590,9 @@ fn other_top_level_tables() {
         "[gc]\nkeep-derivations = false\nkeep-outputs = true\n[watch]\ndebounce-ms = 0\n\
          [policy-limits]\ninstructions = 5\nmemory-mib = 1",
     );
-    assert_eq!(
-        s.gc,
-        GcSpec {
-            keep_derivations: false,
-            keep_outputs: true
-        }
-    );
+    assert_eq!(s.gc, GcSpec { keep_derivations: false, keep_outputs: true });
     assert_eq!(s.watch, WatchSpec { debounce_ms: 0, ..WatchSpec::default() });
-    assert_eq!(
-        s.policy_limits,
-        PolicyLimits {
-            instructions: 5,
-            memory_mib: 1
-        }
-    );
+    assert_eq!(s.policy_limits, PolicyLimits { instructions: 5, memory_mib: 1 });
 }
 
 #[test]
@@ -785,16 +652,10 @@ fn lower_store_nesting_is_bounded() {
     let mut prefix = String::new();
     for i in 1..=MAX_NESTING + 1 {
         prefix.push_str("lower-store.");
-        text.push_str(&format!(
-            "[{}]\nupper-layer = \"/u{i}\"\n",
-            prefix.trim_end_matches('.')
-        ));
+        text.push_str(&format!("[{}]\nupper-layer = \"/u{i}\"\n", prefix.trim_end_matches('.')));
     }
     let e = toml_err(&text);
-    assert!(
-        e.ends_with("lower-store: lower stores nest more than 16 levels deep"),
-        "{e}"
-    );
+    assert!(e.ends_with("lower-store: lower stores nest more than 16 levels deep"), "{e}");
 }
 
 // ---------------------------------------------------------------- URIs
@@ -810,9 +671,7 @@ fn design_doc_example_uri() {
     assert_eq!(s.lower().unwrap().real, p("/a/nix/store"));
     assert_eq!(s.origin, SpecOrigin::Uri(uri.into()));
     assert_eq!(s.to_uri(), uri);
-    let t = toml_ok(
-        "root = \"/m\"\nupper-layer = \"/b\"\ncheck-mount = false\n[lower-store]\nroot = \"/a\"",
-    );
+    let t = toml_ok("root = \"/m\"\nupper-layer = \"/b\"\ncheck-mount = false\n[lower-store]\nroot = \"/a\"");
     assert_eq!(t.to_uri(), uri);
 }
 
@@ -848,9 +707,7 @@ fn round_trips() {
         uri_ok("local?store=/gnu/store"),
         uri_ok("unix:///run/sock?root=/r"),
         uri_ok("local?root=/with%20space/and%26amp"),
-        uri_ok(
-            "local-overlay://?root=/m&lower-store=local%3Froot%3D%2Fwith%2520space&upper-layer=/b&remount-hook=/bin/re&check-mount=0",
-        ),
+        uri_ok("local-overlay://?root=/m&lower-store=local%3Froot%3D%2Fwith%2520space&upper-layer=/b&remount-hook=/bin/re&check-mount=0"),
         // A bare path is taken literally, as Nix does: this root contains "%20".
         uri_ok("local-overlay://?lower-store=/with%2520space&upper-layer=/b"),
         toml_ok(THREE_LEVELS_TOML),
@@ -901,10 +758,7 @@ fn unused_nix_settings_are_accepted_with_a_warning() {
 
 #[test]
 fn unknown_uri_params_are_errors() {
-    assert_eq!(
-        uri_err("local?rot=/r"),
-        "store URI 'local?rot=/r': rot: unknown parameter; did you mean `root`?"
-    );
+    assert_eq!(uri_err("local?rot=/r"), "store URI 'local?rot=/r': rot: unknown parameter; did you mean `root`?");
     assert_eq!(
         uri_err("local?immutable=true"),
         "store URI 'local?immutable=true': immutable: only a TOML store spec setting; Nix store URIs \
@@ -920,18 +774,9 @@ fn unknown_uri_params_are_errors() {
         "store URI 'local?max-connections=2': max-connections: only a setting of `daemon`/`unix://` \
          stores, not of `local`"
     );
-    assert_eq!(
-        uri_err("local?root=/a&root=/b"),
-        "store URI 'local?root=/a&root=/b': root: given twice; give each parameter once"
-    );
-    assert_eq!(
-        uri_err("/a?root=/b"),
-        "store URI '/a?root=/b': root: given twice: in the URI's path and as root=; give it once"
-    );
-    assert_eq!(
-        uri_err("local?root"),
-        "store URI 'local?root': root: expected name=value"
-    );
+    assert_eq!(uri_err("local?root=/a&root=/b"), "store URI 'local?root=/a&root=/b': root: given twice; give each parameter once");
+    assert_eq!(uri_err("/a?root=/b"), "store URI '/a?root=/b': root: given twice: in the URI's path and as root=; give it once");
+    assert_eq!(uri_err("local?root"), "store URI 'local?root': root: expected name=value");
 }
 
 #[test]
@@ -992,14 +837,8 @@ fn uri_base_errors() {
 
 #[test]
 fn parse_arg_forms() {
-    assert_eq!(
-        strip(StoreSpec::parse_arg("/mnt/a").unwrap()),
-        strip(uri_ok("local?root=/mnt/a"))
-    );
-    assert_eq!(
-        StoreSpec::parse_arg("daemon").unwrap().kind,
-        StoreKind::Daemon
-    );
+    assert_eq!(strip(StoreSpec::parse_arg("/mnt/a").unwrap()), strip(uri_ok("local?root=/mnt/a")));
+    assert_eq!(StoreSpec::parse_arg("daemon").unwrap().kind, StoreKind::Daemon);
 
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "s.toml", "root = \"r\"");
@@ -1009,15 +848,6 @@ fn parse_arg_forms() {
 
     let missing = dir.path().join("missing.toml");
     let e = StoreSpec::parse_arg(missing.to_str().unwrap()).unwrap_err();
-    assert!(
-        matches!(
-            e.kind(),
-            SpecErrorKind::Io {
-                included_from: None,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e.kind(), SpecErrorKind::Io { included_from: None, .. }), "{e}");
     assert!(StoreSpec::parse_arg("relative/root").is_err());
 }

@@ -19,65 +19,20 @@ use std::path::{Path, PathBuf};
 use super::draft::{At, Draft, RealDefault, Site};
 use super::error::{SpecError, SpecErrorKind};
 use super::util::{did_you_mean, normalize, unknown_hint};
-use super::{
-    SpecOrigin, StoreKind, StoreSpec, DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR, DEFAULT_STATE_DIR,
-    DEFAULT_STORE_DIR, MAX_NESTING,
-};
+use super::{SpecOrigin, StoreKind, StoreSpec, DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, DEFAULT_STORE_DIR, MAX_NESTING};
 
 /// Parameters overlay-store reads.
-const USED: &[&str] = &[
-    "root",
-    "store",
-    "real",
-    "state",
-    "log",
-    "read-only",
-    "lower-store",
-    "upper-layer",
-    "check-mount",
-    "remount-hook",
-];
+const USED: &[&str] = &["root", "store", "real", "state", "log", "read-only", "lower-store", "upper-layer", "check-mount", "remount-hook"];
 /// Nix settings every store has; accepted with a warning.
-const UNUSED_STORE: &[&str] = &[
-    "path-info-cache-size",
-    "trusted",
-    "priority",
-    "want-mass-query",
-    "system-features",
-];
+const UNUSED_STORE: &[&str] = &["path-info-cache-size", "trusted", "priority", "want-mass-query", "system-features"];
 /// Nix settings of local (and local-overlay) stores; accepted with a warning.
-const UNUSED_LOCAL: &[&str] = &[
-    "require-sigs",
-    "ignore-gc-delete-failure",
-    "use-roots-daemon",
-    "build-dir",
-];
+const UNUSED_LOCAL: &[&str] = &["require-sigs", "ignore-gc-delete-failure", "use-roots-daemon", "build-dir"];
 /// Nix settings of daemon stores; accepted with a warning.
 const UNUSED_DAEMON: &[&str] = &["max-connections", "max-connection-age"];
 /// Settings only the TOML spec has; named in the error so users know where they go.
-const TOML_ONLY: &[&str] = &[
-    "immutable",
-    "policy",
-    "socket",
-    "type",
-    "store-dir",
-    "mount",
-    "gc",
-    "watch",
-    "policy-limits",
-];
+const TOML_ONLY: &[&str] = &["immutable", "policy", "socket", "type", "store-dir", "mount", "gc", "watch", "policy-limits"];
 /// Nix store types without a local store directory; they cannot be a layer.
-const UNSUPPORTED_SCHEMES: &[&str] = &[
-    "ssh",
-    "ssh-ng",
-    "mounted-ssh-ng",
-    "http",
-    "https",
-    "file",
-    "s3",
-    "gs",
-    "dummy",
-];
+const UNSUPPORTED_SCHEMES: &[&str] = &["ssh", "ssh-ng", "mounted-ssh-ng", "http", "https", "file", "s3", "gs", "dummy"];
 
 pub(crate) fn parse(uri: &str) -> Result<StoreSpec, SpecError> {
     parse_nested(uri, uri, "", 0)
@@ -94,18 +49,11 @@ fn parse_nested(text: &str, top: &str, prefix: &str, depth: usize) -> Result<Sto
             Some(p) => p.to_string(),
             None => "scheme".to_string(),
         };
-        SpecErrorKind::Uri {
-            uri: top.to_string(),
-            param,
-            expected,
-        }
-        .into()
+        SpecErrorKind::Uri { uri: top.to_string(), param, expected }.into()
     };
 
     if text.contains('#') {
-        return Err(whole(
-            "a `#` starts a URI fragment, which store URIs do not have; write it as %23".into(),
-        ));
+        return Err(whole("a `#` starts a URI fragment, which store URIs do not have; write it as %23".into()));
     }
     let (base, query) = match text.split_once('?') {
         Some((b, q)) => (b, Some(q)),
@@ -120,21 +68,11 @@ fn parse_nested(text: &str, top: &str, prefix: &str, depth: usize) -> Result<Sto
         ));
     }
     let (kind, location) = classify(base).map_err(whole)?;
-    let mut d = Draft {
-        kind: Some(At {
-            value: kind,
-            pos: None,
-        }),
-        ..Draft::default()
-    };
+    let mut d = Draft { kind: Some(At { value: kind, pos: None }), ..Draft::default() };
     let from_location = match location {
         None => None,
         Some(raw) => {
-            let key = if kind == StoreKind::Daemon {
-                "socket"
-            } else {
-                "root"
-            };
+            let key = if kind == StoreKind::Daemon { "socket" } else { "root" };
             let value = if base.starts_with('/') {
                 // A bare path is taken literally, as Nix does.
                 raw.to_string()
@@ -161,26 +99,15 @@ fn parse_nested(text: &str, top: &str, prefix: &str, depth: usize) -> Result<Sto
         match name.as_str() {
             "root" => {
                 if d.root.is_some() {
-                    return Err(site.error(
-                        "root",
-                        None,
-                        "given twice: in the URI's path and as root=; give it once",
-                    ));
+                    return Err(site.error("root", None, "given twice: in the URI's path and as root=; give it once"));
                 }
                 d.root = path()?;
             }
             "store" => {
                 if value.is_empty() {
-                    return Err(site.error(
-                        "store",
-                        None,
-                        "expected an absolute path, found an empty value",
-                    ));
+                    return Err(site.error("store", None, "expected an absolute path, found an empty value"));
                 }
-                d.store_dir = Some(At {
-                    value: normalize(Path::new(&value)),
-                    pos: None,
-                });
+                d.store_dir = Some(At { value: normalize(Path::new(&value)), pos: None });
             }
             "real" => d.real = path()?,
             "state" => d.state = path()?,
@@ -193,29 +120,18 @@ fn parse_nested(text: &str, top: &str, prefix: &str, depth: usize) -> Result<Sto
                 // Checked before parsing so the message is about this URI,
                 // not about whatever the lower one gets wrong.
                 if kind != StoreKind::LocalOverlay {
-                    return Err(site.error(
-                        &name,
-                        None,
-                        site.only_for(&[StoreKind::LocalOverlay], kind),
-                    ));
+                    return Err(site.error(&name, None, site.only_for(&[StoreKind::LocalOverlay], kind)));
                 }
                 if depth + 1 > MAX_NESTING {
-                    return Err(site.error(
-                        &name,
-                        None,
-                        format!("lower stores nest more than {MAX_NESTING} levels deep"),
-                    ));
+                    return Err(site.error(&name, None, format!("lower stores nest more than {MAX_NESTING} levels deep")));
                 }
                 let lower = parse_nested(&value, top, &format!("{prefix}lower-store."), depth + 1)?;
                 nested_warnings.extend(lower.warnings.iter().cloned());
-                d.lower_store = Some(At {
-                    value: lower,
-                    pos: None,
-                });
+                d.lower_store = Some(At { value: lower, pos: None });
             }
-            n if unused_settings(kind).contains(&n) => warnings.push(format!(
-                "store URI '{top}': {prefix}{n}: accepted but not used by overlay-store"
-            )),
+            n if unused_settings(kind).contains(&n) => {
+                warnings.push(format!("store URI '{top}': {prefix}{n}: accepted but not used by overlay-store"))
+            }
             n => return Err(site.error(n, None, unknown_param(n, kind))),
         }
     }
@@ -243,9 +159,7 @@ fn unknown_param(name: &str, kind: StoreKind) -> String {
             "type" => " (in a URI the type is the scheme)",
             _ => "",
         };
-        return format!(
-            "only a TOML store spec setting; Nix store URIs have no such parameter{hint}"
-        );
+        return format!("only a TOML store spec setting; Nix store URIs have no such parameter{hint}");
     }
     let other_kind = if UNUSED_DAEMON.contains(&name) {
         Some("`daemon`/`unix://`")
@@ -302,9 +216,7 @@ fn classify(base: &str) -> Result<(StoreKind, Option<&str>), String> {
                 "`{s}://` stores cannot be used: every layer needs a store directory on the \
                  local filesystem (local, local-overlay:// or daemon/unix://)"
             )),
-            s => Err(format!(
-                "unknown store type `{s}://`; expected local, local-overlay://, daemon or unix://"
-            )),
+            s => Err(format!("unknown store type `{s}://`; expected local, local-overlay://, daemon or unix://")),
         };
     }
     let hint = match did_you_mean(base, &["local", "daemon", "local-overlay", "unix"]) {
@@ -338,13 +250,7 @@ fn boolean(site: &Site, name: &str, value: &str) -> Result<At<bool>, SpecError> 
     let value = match value {
         "true" | "1" => true,
         "false" | "0" => false,
-        other => {
-            return Err(site.error(
-                name,
-                None,
-                format!("expected true or false (or 1 or 0), found {other:?}"),
-            ))
-        }
+        other => return Err(site.error(name, None, format!("expected true or false (or 1 or 0), found {other:?}"))),
     };
     Ok(At { value, pos: None })
 }
@@ -356,14 +262,9 @@ fn absolute_path(site: &Site, name: &str, value: &str) -> Result<At<PathBuf>, Sp
     } else if value.contains('\0') {
         "a path cannot contain a NUL character".to_string()
     } else if !value.starts_with('/') {
-        format!(
-            "expected an absolute path, found {value:?}; paths in a store URI are never relative"
-        )
+        format!("expected an absolute path, found {value:?}; paths in a store URI are never relative")
     } else {
-        return Ok(At {
-            value: normalize(Path::new(value)),
-            pos: None,
-        });
+        return Ok(At { value: normalize(Path::new(value)), pos: None });
     };
     Err(site.error(name, None, problem))
 }
@@ -401,10 +302,7 @@ pub(crate) fn decode(s: &str) -> Result<String, String> {
 pub(crate) fn encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'_' | b'~')
-            || (keep_slash && b == b'/')
-        {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || (keep_slash && b == b'/') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -459,10 +357,7 @@ pub(crate) fn render(spec: &StoreSpec, nested: bool) -> String {
         StoreKind::LocalOverlay => {
             if let Some(lower) = &spec.lower_store {
                 let lower_uri = render(lower, true);
-                params.push((
-                    "lower-store",
-                    encode(&lower_uri, lower_uri.starts_with('/')),
-                ));
+                params.push(("lower-store", encode(&lower_uri, lower_uri.starts_with('/'))));
             }
             if let Some(upper) = &spec.upper_layer {
                 params.push(("upper-layer", path_text(upper)));
@@ -493,20 +388,11 @@ mod tests {
 
     #[test]
     fn percent_coding_round_trips() {
-        for s in [
-            "plain",
-            "/a b/c",
-            "local-overlay://?root=/x&y=1",
-            "100%",
-            "é/ü",
-        ] {
+        for s in ["plain", "/a b/c", "local-overlay://?root=/x&y=1", "100%", "é/ü"] {
             assert_eq!(decode(&encode(s, false)).unwrap(), s);
             assert_eq!(decode(&encode(s, true)).unwrap(), s);
         }
-        assert_eq!(
-            encode("local-overlay://?", false),
-            "local-overlay%3A%2F%2F%3F"
-        );
+        assert_eq!(encode("local-overlay://?", false), "local-overlay%3A%2F%2F%3F");
         assert_eq!(encode("/a b", true), "/a%20b");
         assert_eq!(decode("a+b%2b").unwrap(), "a+b+");
     }

@@ -14,8 +14,7 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
             Component::CurDir => {}
             Component::ParentDir => {
                 // `/..` is `/`; a relative path keeps leading `..`s.
-                let last_is_normal =
-                    matches!(out.components().next_back(), Some(Component::Normal(_)));
+                let last_is_normal = matches!(out.components().next_back(), Some(Component::Normal(_)));
                 if last_is_normal {
                     out.pop();
                 } else if !out.has_root() {
@@ -47,12 +46,7 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
         4..=7 => 2,
         _ => 3,
     };
-    candidates
-        .iter()
-        .map(|c| (osa_distance(&w, &fold(c)), *c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    candidates.iter().map(|c| (osa_distance(&w, &fold(c)), *c)).filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d).map(|(_, c)| c)
 }
 
 /// Optimal string alignment distance: Levenshtein plus adjacent
@@ -71,9 +65,7 @@ fn osa_distance(a: &str, b: &str) -> usize {
     for i in 1..=n {
         for j in 1..=m {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[i - 2][j - 2] + 1);
             }
@@ -120,13 +112,7 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        let keys = [
-            "type",
-            "store-dir",
-            "upper-layer",
-            "lower-store",
-            "check-mount",
-        ];
+        let keys = ["type", "store-dir", "upper-layer", "lower-store", "check-mount"];
         assert_eq!(did_you_mean("tpye", &keys), Some("type"));
         assert_eq!(did_you_mean("store_dir", &keys), Some("store-dir"));
         assert_eq!(did_you_mean("uper-layer", &keys), Some("upper-layer"));

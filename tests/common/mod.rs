@@ -12,7 +12,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_overlay-store");
 /// Whether real Nix is here. With `OVERLAY_STORE_REQUIRE_NIX=1` a missing Nix fails the
 /// test instead of skipping it, so CI cannot pass without having run the interop tests.
 pub fn have_nix() -> bool {
-    let ok = Command::new("nix-store").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("nix-store")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
         if std::env::var("OVERLAY_STORE_REQUIRE_NIX").as_deref() == Ok("1") {
             panic!("real Nix (nix-store) is required (OVERLAY_STORE_REQUIRE_NIX=1) but was not found; install Debian's nix-bin");
@@ -114,7 +120,10 @@ pub fn nix(scratch: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>
     fs::create_dir_all(&home).unwrap();
     let mut c = Command::new(program);
     c.args(args)
-        .env("NIX_CONFIG", "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n")
+        .env(
+            "NIX_CONFIG",
+            "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n",
+        )
         .env("HOME", &home)
         .env("XDG_CACHE_HOME", home.join(".cache"))
         .env_remove("NIX_REMOTE");

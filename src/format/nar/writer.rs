@@ -161,7 +161,13 @@ fn copy_plain<W: Write>(w: &mut NarWriter<W>, executable: bool, size: u64, src: 
     w.regular(executable, size, src, &mut |chunk| dst.write_all(chunk))
 }
 
-fn copy_pipelined<W: Write + Send>(w: &mut NarWriter<W>, executable: bool, size: u64, src: &mut fs::File, dst: &mut fs::File) -> io::Result<()> {
+fn copy_pipelined<W: Write + Send>(
+    w: &mut NarWriter<W>,
+    executable: bool,
+    size: u64,
+    src: &mut fs::File,
+    dst: &mut fs::File,
+) -> io::Result<()> {
     w.regular_pipelined(executable, size, src, dst)
 }
 

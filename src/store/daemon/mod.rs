@@ -94,7 +94,9 @@ impl Connection {
         }
         let daemon_version = read_u64(&mut c.r)?;
         if daemon_version >> 8 != 1 || (daemon_version & 0xff) < 10 {
-            return Err(WireError::Malformed(format!("unsupported protocol version {}.{}", daemon_version >> 8, daemon_version & 0xff)).into());
+            return Err(
+                WireError::Malformed(format!("unsupported protocol version {}.{}", daemon_version >> 8, daemon_version & 0xff)).into()
+            );
         }
         c.minor = (daemon_version & 0xff).min(CLIENT_VERSION & 0xff);
         if c.minor >= 14 {
@@ -392,4 +394,3 @@ impl Store for DaemonStore {
         })
     }
 }
-

@@ -80,7 +80,10 @@ impl Database {
     pub fn open(path: &Path, mode: OpenMode, store_dir: &StoreDir, create_schema: bool) -> Result<Database> {
         let db_err = |source| StoreError::Db { path: path.to_path_buf(), source };
         let conn = match mode {
-            OpenMode::ReadWrite => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX),
+            OpenMode::ReadWrite => Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
             OpenMode::ReadOnly => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX),
             OpenMode::Immutable => Connection::open_with_flags(
                 format!("file:{}?immutable=1", path.display()),
@@ -186,20 +189,16 @@ impl Database {
     }
 
     pub fn references_of_id(&self, id: i64) -> Result<BTreeSet<StorePath>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("select path from Refs join ValidPaths on reference = id where referrer = ?")
-            .map_err(self.err())?;
+        let mut stmt =
+            self.conn.prepare_cached("select path from Refs join ValidPaths on reference = id where referrer = ?").map_err(self.err())?;
         let rows: Vec<String> = stmt.query_map([id], |r| r.get(0)).and_then(|r| r.collect()).map_err(self.err())?;
         rows.iter().map(|p| self.parse_path(p)).collect()
     }
 
     pub fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
         let full = self.store_dir.display(path);
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("select {INFO_COLUMNS} from ValidPaths v where v.path = ?"))
-            .map_err(self.err())?;
+        let mut stmt =
+            self.conn.prepare_cached(&format!("select {INFO_COLUMNS} from ValidPaths v where v.path = ?")).map_err(self.err())?;
         let mut rows = stmt.query([full]).map_err(self.err())?;
         let Some(row) = rows.next().map_err(self.err())? else {
             return Ok(None);
@@ -317,7 +316,10 @@ impl Database {
         let mut paths = Vec::new();
         let mut index: HashMap<i64, u32> = HashMap::new();
         {
-            let mut stmt = self.conn.prepare("select v.id, v.path from temp.ClosureIds c cross join ValidPaths v on v.id = c.id").map_err(self.err())?;
+            let mut stmt = self
+                .conn
+                .prepare("select v.id, v.path from temp.ClosureIds c cross join ValidPaths v on v.id = c.id")
+                .map_err(self.err())?;
             let mut rows = stmt.query([]).map_err(self.err())?;
             while let Some(row) = rows.next().map_err(self.err())? {
                 let id: i64 = row.get(0).map_err(self.err())?;

@@ -552,7 +552,8 @@ impl Collector<'_> {
                     keep.push(p.clone());
                 }
             }
-            let kept = if keep.is_empty() { HashSet::new() } else { db.closure(&keep)?.0.into_iter().map(|i| i.path).collect::<HashSet<_>>() };
+            let kept =
+                if keep.is_empty() { HashSet::new() } else { db.closure(&keep)?.0.into_iter().map(|i| i.path).collect::<HashSet<_>>() };
             let now: Vec<StorePath> = doomed_paths.iter().filter(|p| !kept.contains(*p)).cloned().collect();
             db.delete_paths_in_order(&now)?;
             Ok(now)
@@ -595,7 +596,10 @@ impl Collector<'_> {
                     report.deleted.push(p);
                 }
                 Err(e) => {
-                    (self.notice)(&format!("warning: could not remove the files of '{}': {e}; they will be collected later", sd.display(&p)));
+                    (self.notice)(&format!(
+                        "warning: could not remove the files of '{}': {e}; they will be collected later",
+                        sd.display(&p)
+                    ));
                     report.deleted.push(p);
                 }
             }
@@ -721,10 +725,8 @@ impl Collector<'_> {
 
 /// Referrers before references (Kahn's algorithm on the doomed subgraph), ties by path.
 fn deletion_order(g: &Graph, doomed: &HashSet<u32>) -> Vec<u32> {
-    let mut pending: HashMap<u32, usize> = doomed
-        .iter()
-        .map(|&i| (i, g.referrers[i as usize].iter().filter(|&&r| r != i && doomed.contains(&r)).count()))
-        .collect();
+    let mut pending: HashMap<u32, usize> =
+        doomed.iter().map(|&i| (i, g.referrers[i as usize].iter().filter(|&&r| r != i && doomed.contains(&r)).count())).collect();
     let mut ready: BTreeSet<(&StorePath, u32)> = pending.iter().filter(|(_, &n)| n == 0).map(|(&i, _)| (&g.paths[i as usize], i)).collect();
     let mut order = Vec::with_capacity(doomed.len());
     while let Some((_, i)) = ready.pop_first() {

@@ -14,8 +14,8 @@
 
 pub mod canonicalise;
 pub mod db;
-pub mod ingest;
 pub mod gc;
+pub mod ingest;
 pub mod lock;
 pub mod repair;
 pub mod roots;
@@ -228,10 +228,7 @@ impl LocalStore {
         let text = fs::read(file).map_err(io_err(file))?;
         let outs = derivation::parse_outputs(&text)
             .map_err(|e| StoreError::Derivation { path: self.config.store_dir.display(path), what: e.to_string() })?;
-        outs.into_iter()
-            .filter(|o| !o.path.is_empty())
-            .map(|o| Ok((o.name, self.config.store_dir.parse_path(&o.path)?)))
-            .collect()
+        outs.into_iter().filter(|o| !o.path.is_empty()).map(|o| Ok((o.name, self.config.store_dir.parse_path(&o.path)?))).collect()
     }
 
     /// Registers new paths whose files are already in place, in one transaction.
@@ -355,4 +352,3 @@ impl Store for LocalStore {
         Ok(order.into_iter().map(|i| slots[i as usize].take().expect("each once")).collect())
     }
 }
-

@@ -42,11 +42,7 @@ pub fn hash_paths(store: &dyn Store, infos: &[PathInfo]) -> Vec<Option<(Hash, u6
 
 /// A path's contents compared with its info; the message Nix prints when it differs.
 pub fn modified_message(store_display: &str, info: &PathInfo, got: &Hash) -> String {
-    format!(
-        "path '{store_display}' was modified! expected hash '{}', got '{}'",
-        info.nar_hash.to_nix32_string(),
-        got.to_nix32_string()
-    )
+    format!("path '{store_display}' was modified! expected hash '{}', got '{}'", info.nar_hash.to_nix32_string(), got.to_nix32_string())
 }
 
 /// Plans and runs verification of `infos` (all paths the store registers). The caller

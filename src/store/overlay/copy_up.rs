@@ -30,11 +30,7 @@ pub fn lower_closure_registrations(
         if db.is_valid(&info.path)? {
             continue;
         }
-        let drv_outputs = if info.path.is_derivation() {
-            lower.derivation_outputs(&info.path)?.into_iter().collect()
-        } else {
-            Vec::new()
-        };
+        let drv_outputs = if info.path.is_derivation() { lower.derivation_outputs(&info.path)?.into_iter().collect() } else { Vec::new() };
         regs.push(Registration { info, drv_outputs });
     }
     Ok(regs)

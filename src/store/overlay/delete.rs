@@ -137,7 +137,9 @@ impl OverlayStore {
             // Only if no GC, optimise or pivot is running: one of those may be half-way
             // through its upper-layer changes and will remount itself.
             let lock_path = crate::store::local::temproots::gc_lock_path(state);
-            let Ok(Some(_idle)) = crate::store::local::lock::FileLock::acquire(&lock_path, crate::store::local::lock::LockKind::Exclusive, false) else {
+            let Ok(Some(_idle)) =
+                crate::store::local::lock::FileLock::acquire(&lock_path, crate::store::local::lock::LockKind::Exclusive, false)
+            else {
                 return Ok(());
             };
             tracing::info!("remounting '{}': an earlier operation changed the upper layer and did not finish", self.plan.real.display());

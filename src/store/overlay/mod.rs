@@ -23,8 +23,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::format::{StoreDir, StorePath};
-use crate::store::local::gc::DeadPath;
 use crate::spec::{StoreKind, StoreSpec};
+use crate::store::local::gc::DeadPath;
 use crate::store::local::ingest::IngestTarget;
 use crate::store::local::{LocalConfig, LocalStore, Registration};
 use crate::store::{io_err, PathInfo, Result, Store, StoreError};

@@ -35,10 +35,7 @@ pub enum MountError {
 }
 
 fn incorrect_message(real: &Path, expected: &str, actual: &str, fix: &str) -> String {
-    format!(
-        "overlay filesystem '{}' mounted incorrectly\n  expected: {expected}\n  actual:   {actual}\n  to fix:   {fix}",
-        real.display()
-    )
+    format!("overlay filesystem '{}' mounted incorrectly\n  expected: {expected}\n  actual:   {actual}\n  to fix:   {fix}", real.display())
 }
 
 /// What the mount of an overlay store must look like.
@@ -58,7 +55,9 @@ pub enum MountState {
     NotMounted,
     Correct,
     /// Something else is mounted there; `actual` describes it.
-    Wrong { actual: String },
+    Wrong {
+        actual: String,
+    },
 }
 
 /// Paths as the kernel reports them: absolute, symlinks resolved where they exist.
@@ -88,7 +87,13 @@ impl MountPlan {
 
     /// The shell command that would mount it correctly.
     pub fn command(&self) -> String {
-        let quote = |s: &str| if s.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.,=:".contains(c)) { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) };
+        let quote = |s: &str| {
+            if s.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.,=:".contains(c)) {
+                s.to_string()
+            } else {
+                format!("'{}'", s.replace('\'', r"'\''"))
+            }
+        };
         let mut data = self.data();
         if self.workdir.is_none() {
             data.push_str(",workdir=<a workdir on the upper layer's filesystem>");
@@ -139,7 +144,9 @@ impl MountPlan {
             MountState::NotMounted => {}
         }
         let workdir = self.workdir.clone().ok_or_else(|| MountError::NotManaged(self.real.clone()))?;
-        for (what, p) in [("lower store directory", &self.lowerdir), ("upper layer", &self.upperdir), ("workdir", &workdir), ("mount point", &self.real)] {
+        for (what, p) in
+            [("lower store directory", &self.lowerdir), ("upper layer", &self.upperdir), ("workdir", &workdir), ("mount point", &self.real)]
+        {
             if !p.is_dir() {
                 return Err(MountError::MissingDir { what, path: p.clone() });
             }

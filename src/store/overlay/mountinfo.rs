@@ -138,10 +138,14 @@ impl MountEntry {
 
     /// The super options as the kernel shows them, for messages.
     pub fn options_text(&self) -> String {
-        self.super_options.iter().map(|(k, v)| match v {
-            Some(v) => format!("{k}={v}"),
-            None => k.clone(),
-        }).collect::<Vec<_>>().join(",")
+        self.super_options
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}={v}"),
+                None => k.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -85,7 +85,10 @@ fn check_same_overlay(old: &MountPlan, state: &Path, new: &StoreSpec) -> Result<
         ));
     }
     if plan.lowerdir == old.lowerdir {
-        return Err(StoreError::Other(format!("the new spec has the same lower store directory '{}': nothing to pivot", plan.lowerdir.display())));
+        return Err(StoreError::Other(format!(
+            "the new spec has the same lower store directory '{}': nothing to pivot",
+            plan.lowerdir.display()
+        )));
     }
     Ok(plan)
 }
@@ -98,8 +101,10 @@ impl OverlayStore {
         let infos = self.upper.db().all_infos()?;
         let opts = GcOptions { action: GcAction::Collect, max_freed: None, dry_run: true, keep_derivations, keep_outputs };
         let mut quiet = |_: &str| {};
-        let live: HashSet<StorePath> = Collector { target: self as &mut dyn GcTarget, notice: &mut quiet }.run(&opts)?.live.into_iter().collect();
-        let mut plan = PivotPlan { old_lowerdir: self.plan.lowerdir.clone(), new_lowerdir: new_plan.lowerdir.clone(), ..Default::default() };
+        let live: HashSet<StorePath> =
+            Collector { target: self as &mut dyn GcTarget, notice: &mut quiet }.run(&opts)?.live.into_iter().collect();
+        let mut plan =
+            PivotPlan { old_lowerdir: self.plan.lowerdir.clone(), new_lowerdir: new_plan.lowerdir.clone(), ..Default::default() };
         let mut affected = Vec::new();
         for info in &infos {
             let name = info.path.basename();
@@ -141,7 +146,12 @@ impl OverlayStore {
                         e.action = PivotAction::Drop;
                     } else {
                         plan.refreshed.retain(|x| x != &rp);
-                        plan.entries.push(PivotEntry { path: rp.clone(), live: false, action: PivotAction::Drop, nar_size: graph.nar_size[r as usize] });
+                        plan.entries.push(PivotEntry {
+                            path: rp.clone(),
+                            live: false,
+                            action: PivotAction::Drop,
+                            nar_size: graph.nar_size[r as usize],
+                        });
                     }
                 }
             }
@@ -166,9 +176,16 @@ impl OverlayStore {
         let mut notice = |m: &str| tracing::info!("{m}");
         let _gc = GcLock::acquire(&state, &mut notice)?;
         // The plan was made without the lock: a path that gained a root since must not go.
-        let opts = GcOptions { action: GcAction::Collect, max_freed: None, dry_run: true, keep_derivations: new_spec.gc.keep_derivations, keep_outputs: new_spec.gc.keep_outputs };
+        let opts = GcOptions {
+            action: GcAction::Collect,
+            max_freed: None,
+            dry_run: true,
+            keep_derivations: new_spec.gc.keep_derivations,
+            keep_outputs: new_spec.gc.keep_outputs,
+        };
         let mut quiet = |_: &str| {};
-        let live: HashSet<StorePath> = Collector { target: self as &mut dyn GcTarget, notice: &mut quiet }.run(&opts)?.live.into_iter().collect();
+        let live: HashSet<StorePath> =
+            Collector { target: self as &mut dyn GcTarget, notice: &mut quiet }.run(&opts)?.live.into_iter().collect();
         if let Some(e) = plan.drops().find(|e| live.contains(&e.path)) {
             return Err(StoreError::Other(format!(
                 "the pivot plan is out of date: '{}' became live since it was made; plan again",
@@ -183,7 +200,8 @@ impl OverlayStore {
             use std::io::{Seek, Write};
             let mut f: &fs::File = journal_lock.file();
             f.set_len(0).and_then(|_| f.seek(std::io::SeekFrom::Start(0))).map_err(io_err(&journal))?;
-            f.write_all(format!("{}\n{}\n{phase}\n", self.plan.lowerdir.display(), new_plan.lowerdir.display()).as_bytes()).map_err(io_err(&journal))?;
+            f.write_all(format!("{}\n{}\n{phase}\n", self.plan.lowerdir.display(), new_plan.lowerdir.display()).as_bytes())
+                .map_err(io_err(&journal))?;
             f.sync_all().map_err(io_err(&journal))
         };
         write_journal("staging")?;
@@ -347,7 +365,13 @@ impl OverlayStore {
 fn referrers_first(g: &crate::store::local::db::Graph, set: &HashSet<StorePath>) -> Vec<StorePath> {
     let mut order = Vec::new();
     let mut done: HashSet<StorePath> = HashSet::new();
-    fn visit(g: &crate::store::local::db::Graph, p: &StorePath, set: &HashSet<StorePath>, done: &mut HashSet<StorePath>, order: &mut Vec<StorePath>) {
+    fn visit(
+        g: &crate::store::local::db::Graph,
+        p: &StorePath,
+        set: &HashSet<StorePath>,
+        done: &mut HashSet<StorePath>,
+        order: &mut Vec<StorePath>,
+    ) {
         if !done.insert(p.clone()) {
             return;
         }
