@@ -10,7 +10,7 @@ use std::path::Path;
 use super::padding;
 
 const ZEROS: [u8; 8] = [0; 8];
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 1 << 16;
 /// Files at least this big are copied and hashed on two threads.
 const PIPELINE_THRESHOLD: u64 = 8 << 20;
 
