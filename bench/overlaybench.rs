@@ -458,6 +458,10 @@ fn measure(ctx: &Ctx, id: &str, entries: Vec<Entry<'_>>, runs: usize, notes: &mu
         }
     }
     let other_load = meter.other_cores();
+    let others = other_benchmarks();
+    if !others.is_empty() {
+        notes.push(format!("**disturbed**: other benchmarks or builds were running when this measurement ended: {}", others.join(", ")));
+    }
     if let Some(dir) = &ctx.profile {
         for e in entries.iter_mut() {
             let name: String =
@@ -523,38 +527,99 @@ fn expect_rows(ov: &Overlay, want: u64) -> Result<(), String> {
     }
 }
 
-/// 1: `check-validity <system>` into an empty upper database.
-fn copy_up_bench(ctx: &Ctx, lower: &Lower, runs: usize, target: Target) -> Bench {
-    let id = format!("copy-up-{}", lower.label);
-    log(ctx.start, &format!("copy-up: check-validity of the system over the {} lower store", lower.label));
-    let ov =
-        Overlay::new(&ctx.scratch.join(format!("ov-{}", lower.label)), "store", &local_lower(&lower.root), "").expect("overlay config");
-    let mut notes = vec![format!(
-        "config: `{}`; lower store {} paths; the system's closure: {} paths",
-        ov.cfg.display(),
-        lower.paths,
-        lower.system_closure
-    )];
-    let bin = ctx.bin.clone();
-    let want = lower.system_closure as u64;
-    let entries = vec![Entry {
-        label: "ours".into(),
-        cmd: ov.cmd(&ctx.bin, &["check-validity", &lower.system]),
-        before: Box::new(|| ov.reset(&bin)),
-        after: Box::new(|| expect_rows(&ov, want)),
-    }];
-    let Measured { contenders, other_load, .. } = measure(ctx, &id, entries, runs, &mut notes);
-    let _ = ov.umount(&ctx.bin);
-    Bench {
-        id,
-        number: "1",
-        title: "copy-up: `check-validity <system>`, empty upper database".into(),
-        store: format!("{}-path lower", lower.paths),
-        contenders,
-        target,
-        other_load,
-        notes,
-    }
+/// One operation timed over several lower stores.
+struct OverLower<'a> {
+    lower: &'a Lower,
+    ov: Overlay,
+    cmd: Cmd,
+    /// Rows the upper database must have afterwards.
+    want: u64,
+    /// A file the upper layer must have afterwards.
+    upper_file: Option<PathBuf>,
+    note: String,
+}
+
+/// Times one operation over each lower store, their runs interleaved (so drift of the
+/// machine hits every store alike and the flatness comparison is fair); a `Bench` per
+/// lower store. Before each run the overlay is reset (empty upper database and layer).
+fn over_lowers(
+    ctx: &Ctx,
+    op: &str,
+    number: &'static str,
+    title: &str,
+    items: Vec<OverLower<'_>>,
+    runs: usize,
+    target: Target,
+) -> Vec<Bench> {
+    let mut shared = Vec::new();
+    let entries: Vec<Entry<'_>> = items
+        .iter()
+        .map(|it| Entry {
+            label: it.lower.label.to_string(),
+            cmd: it.cmd.clone(),
+            before: Box::new(|| it.ov.reset(&ctx.bin)),
+            after: Box::new(|| {
+                expect_rows(&it.ov, it.want)?;
+                match &it.upper_file {
+                    Some(f) if !f.exists() => Err(format!("{} is not in the upper layer", f.display())),
+                    _ => Ok(()),
+                }
+            }),
+        })
+        .collect();
+    let Measured { contenders, other_load, .. } = measure(ctx, op, entries, runs, &mut shared);
+    items
+        .iter()
+        .zip(contenders)
+        .map(|(it, c)| {
+            let _ = it.ov.umount(&ctx.bin);
+            let label = it.lower.label;
+            let mut notes = vec![it.note.clone()];
+            let others: Vec<&str> = items.iter().map(|i| i.lower.label).filter(|l| *l != label).collect();
+            notes.extend(shared.iter().filter(|n| !others.iter().any(|o| n.starts_with(&format!("{o}:")))).cloned());
+            if items.len() > 1 {
+                notes.push(format!(
+                    "runs interleaved with the same operation over the {} lower store(s)",
+                    others.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            Bench {
+                id: format!("{op}-{label}"),
+                number,
+                title: title.to_string(),
+                store: format!("{}-path lower", it.lower.paths),
+                contenders: vec![Contender { label: "ours".into(), ..c }],
+                target,
+                other_load,
+                notes,
+            }
+        })
+        .collect()
+}
+
+/// 1: `check-validity <system>` into an empty upper database, over each lower store.
+fn copy_up_benches(ctx: &Ctx, lowers: &[&Lower], runs: usize, target: Target) -> Vec<Bench> {
+    log(ctx.start, "copy-up: check-validity of the system over each lower store");
+    let items = lowers
+        .iter()
+        .map(|l| {
+            let ov = Overlay::new(&ctx.scratch.join(format!("ov-{}", l.label)), "store", &local_lower(&l.root), "").expect("overlay config");
+            OverLower {
+                lower: l,
+                cmd: ov.cmd(&ctx.bin, &["check-validity", &l.system]),
+                note: format!(
+                    "config: `{}`; lower store {} paths; the system's closure: {} paths, all of which the upper database must hold afterwards",
+                    ov.cfg.display(),
+                    l.paths,
+                    l.system_closure
+                ),
+                ov,
+                want: l.system_closure as u64,
+                upper_file: None,
+            }
+        })
+        .collect();
+    over_lowers(ctx, "copy-up", "1", "copy-up: `check-validity <system>`, empty upper database", items, runs, target)
 }
 
 fn local_lower(root: &Path) -> String {
@@ -580,47 +645,33 @@ fn import_stream(dir: &Path, system: &str) -> io::Result<(PathBuf, String)> {
     Ok((stream, sd.display(&path)))
 }
 
-/// 2: `import` of one new path referring to the system, into an empty upper database.
-fn import_bench(ctx: &Ctx, lower: &Lower, runs: usize, target: Target) -> Bench {
-    let id = format!("import-{}", lower.label);
-    log(ctx.start, &format!("import: one path referring to the system, over the {} lower store", lower.label));
-    let ov =
-        Overlay::new(&ctx.scratch.join(format!("ov-{}", lower.label)), "store", &local_lower(&lower.root), "").expect("overlay config");
-    let (stream, path) = import_stream(&ctx.scratch.join(format!("import-{}", lower.label)), &lower.system).expect("export stream");
-    let mut notes = vec![format!(
-        "stream: {} bytes, one item `{path}` with the reference `{}`; afterwards the upper database must hold the system's closure ({} paths) plus the new path",
-        fs::metadata(&stream).map(|m| m.len()).unwrap_or(0),
-        lower.system,
-        lower.system_closure
-    )];
-    let bin = ctx.bin.clone();
-    let want = lower.system_closure as u64 + 1;
-    let upper_file = ov.upper().join(path.trim_start_matches("/nix/store/"));
-    let entries = vec![Entry {
-        label: "ours".into(),
-        cmd: ov.cmd(&ctx.bin, &["import"]).stdin_from(&stream),
-        before: Box::new(|| ov.reset(&bin)),
-        after: Box::new(|| {
-            expect_rows(&ov, want)?;
-            if upper_file.exists() {
-                Ok(())
-            } else {
-                Err(format!("{} is not in the upper layer", upper_file.display()))
+/// 2: `import` of one new path referring to the system, into an empty upper database,
+/// over each lower store.
+fn import_benches(ctx: &Ctx, lowers: &[&Lower], runs: usize, target: Target) -> Vec<Bench> {
+    log(ctx.start, "import: one path referring to the system, over each lower store");
+    let items = lowers
+        .iter()
+        .map(|l| {
+            let ov =
+                Overlay::new(&ctx.scratch.join(format!("ov-{}", l.label)), "store", &local_lower(&l.root), "").expect("overlay config");
+            let (stream, path) = import_stream(&ctx.scratch.join(format!("import-{}", l.label)), &l.system).expect("export stream");
+            OverLower {
+                lower: l,
+                cmd: ov.cmd(&ctx.bin, &["import"]).stdin_from(&stream),
+                note: format!(
+                    "stream: {} bytes, one item `{path}` with the reference `{}`; afterwards the upper database must hold the system's \
+                     closure ({} paths) plus the new path, and the upper layer the new path",
+                    fs::metadata(&stream).map(|m| m.len()).unwrap_or(0),
+                    l.system,
+                    l.system_closure
+                ),
+                upper_file: Some(ov.upper().join(path.trim_start_matches("/nix/store/"))),
+                ov,
+                want: l.system_closure as u64 + 1,
             }
-        }),
-    }];
-    let Measured { contenders, other_load, .. } = measure(ctx, &id, entries, runs, &mut notes);
-    let _ = ov.umount(&ctx.bin);
-    Bench {
-        id,
-        number: "2",
-        title: "import of one path referring to the system, empty upper database".into(),
-        store: format!("{}-path lower", lower.paths),
-        contenders,
-        target,
-        other_load,
-        notes,
-    }
+        })
+        .collect();
+    over_lowers(ctx, "import", "2", "import of one path referring to the system, empty upper database", items, runs, target)
 }
 
 /// 5: copy-up as in 1, the lower store served by nix-daemon.
@@ -666,6 +717,10 @@ fn daemon_bench(ctx: &Ctx, nix: &Nix, lower: &Lower, runs: usize) -> Bench {
         after: Box::new(|| expect_rows(&ov, want)),
     }];
     let Measured { contenders, other_load, .. } = measure(ctx, "daemon", entries, runs, &mut notes);
+    notes.push(format!(
+        "the nix-daemon worker that serves each run is not our child (the daemon forks it and reaps it), so its CPU is counted \
+         among the other processes above ({other_load:.2} cores on average): expected here, not a disturbance"
+    ));
     let _ = ov.umount(&ctx.bin);
     drop(daemon);
     Bench { id: "daemon".into(), number: "5", title, store, contenders, target, other_load, notes }
@@ -1049,14 +1104,10 @@ fn main() {
     let import_target = Target::Below(Duration::from_millis(300));
     let lowers: Vec<&Lower> = small.iter().chain(big.as_ref().map(|(l, _)| l)).collect();
     if parts.copyup {
-        for l in &lowers {
-            report.benches.push(copy_up_bench(&ctx, l, plan.copy_runs, copy_target));
-        }
+        report.benches.extend(copy_up_benches(&ctx, &lowers, plan.copy_runs, copy_target));
     }
     if parts.import {
-        for l in &lowers {
-            report.benches.push(import_bench(&ctx, l, plan.copy_runs, import_target));
-        }
+        report.benches.extend(import_benches(&ctx, &lowers, plan.copy_runs, import_target));
     }
     if parts.lua {
         if let Some(l) = &small {

@@ -195,6 +195,20 @@ impl Report {
                 if self.disturbed.is_empty() { String::new() } else { format!("; running: {}", self.disturbed.join(", ")) }
             );
         }
+        let busy: Vec<String> = self
+            .benches
+            .iter()
+            .filter(|b| b.other_load > 0.3 && b.id != "daemon")
+            .map(|b| format!("{} {} ({:.2} cores)", b.number, b.store, b.other_load))
+            .collect();
+        if !busy.is_empty() {
+            let _ = writeln!(
+                s,
+                "**Warning:** other processes kept more than 0.3 cores busy while these ran: {}; their timings may be inflated \
+                 (see the details).\n",
+                busy.join("; ")
+            );
+        }
         let _ = writeln!(s, "## Results\n");
         let _ = writeln!(s, "| # | benchmark | store | measured (median) | target | result |\n|---|---|---|---|---|---|");
         let mut ordered: Vec<&Bench> = self.benches.iter().collect();
@@ -316,7 +330,7 @@ impl Report {
         let _ = writeln!(
             s,
             "```sh\n\
-             cargo bench --bench overlaybench                      # full run (as root, ~10 min); rewrites BENCHMARKS-overlay.md\n\
+             cargo bench --bench overlaybench                      # full run (as root; about 5 min plus the build); rewrites BENCHMARKS-overlay.md\n\
              OVERLAYBENCH_QUICK=1 cargo bench --bench overlaybench # smoke run, small sizes, < 2 min; report in target/release/overlaybench-quick.md\n\
              OVERLAYBENCH_ONLY=copyup,import cargo bench --bench overlaybench  # some parts only (copyup, import, daemon, lua, gc)\n\
              ```\n\n\
