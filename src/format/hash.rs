@@ -100,9 +100,11 @@ impl Hash {
     }
 
     pub fn to_base16(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(self.algo.size() * 2);
-        for b in self.digest() {
-            s.push_str(&format!("{b:02x}"));
+        for &b in self.digest() {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 15)] as char);
         }
         s
     }

@@ -73,7 +73,11 @@ impl StoreDir {
     }
 
     pub fn display(&self, path: &StorePath) -> String {
-        format!("{}/{}", self.0, path)
+        let mut s = String::with_capacity(self.0.len() + 1 + path.base.len());
+        s.push_str(&self.0);
+        s.push('/');
+        s.push_str(&path.base);
+        s
     }
 
     /// `makeStorePath`: hash the fingerprint, XOR-fold it to 20 bytes, name the path.

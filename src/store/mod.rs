@@ -89,6 +89,11 @@ pub trait Store {
     fn valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>>;
     /// The outputs a `.drv` declares with known paths (`DerivationOutputs`).
     fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>>;
+    /// `derivation_outputs` of several `.drv`s, in the order given; stores that can
+    /// answer them in one read (one snapshot, no lock per query) override this.
+    fn derivation_outputs_of(&self, drvs: &[StorePath]) -> Result<Vec<BTreeMap<String, StorePath>>> {
+        drvs.iter().map(|d| self.derivation_outputs(d)).collect()
+    }
     fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>>;
     /// The infos of the closure of `roots` under references, in no particular order.
     /// Fails with `NotValid` on an invalid root.

@@ -14,6 +14,12 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::format::{ContentAddress, Hash, StoreDir, StorePath};
 use crate::store::{PathInfo, Result, StoreError};
 
+/// The secondary indexes of `Refs` (a bulk registration rebuilds them).
+const REFS_INDEXES: &str = "
+create index if not exists IndexReferrer on Refs(referrer);
+create index if not exists IndexReference on Refs(reference);
+";
+
 /// The 2.8 schema. `if not exists` everywhere, so it also runs on a database Nix made.
 const SCHEMA: &str = "
 create table if not exists ValidPaths (
@@ -93,7 +99,8 @@ impl Database {
         .map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(3600)).map_err(db_err)?;
         // A bigger page cache keeps closure walks over 100k-path stores in memory.
-        conn.execute_batch("pragma cache_size = -65536; pragma mmap_size = 1073741824;").map_err(db_err)?;
+        // Closure walks fill temp tables: keep them in memory, not in temp files.
+        conn.execute_batch("pragma cache_size = -65536; pragma mmap_size = 1073741824; pragma temp_store = memory;").map_err(db_err)?;
         if mode == OpenMode::ReadWrite {
             conn.execute_batch(
                 "pragma foreign_keys = 1;
@@ -240,6 +247,12 @@ impl Database {
         rows.into_iter().map(|(name, p)| Ok((name, self.parse_path(&p)?))).collect()
     }
 
+    /// `derivation_outputs` of each of `drvs`, read in one snapshot.
+    pub fn derivation_outputs_of(&self, drvs: &[StorePath]) -> Result<Vec<BTreeMap<String, StorePath>>> {
+        let _snap = self.read_snapshot()?;
+        drvs.iter().map(|d| self.derivation_outputs(d)).collect()
+    }
+
     pub fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>> {
         let prefix = format!("{}/{hash_part}", self.store_dir.as_str());
         let mut stmt = self.conn.prepare_cached("select path from ValidPaths where path >= ? limit 1").map_err(self.err())?;
@@ -346,33 +359,43 @@ impl Database {
     }
 
     /// Runs a `with … closure(id)` prefix and loads the rows and references it names.
+    /// The rows come in id order (the walk is over a rowid-ordered table, so the order
+    /// costs no sort), so an id's info is found by binary search and no path is cloned
+    /// but into the reference sets.
     fn collect_closure(&self, with: &str) -> Result<Vec<PathInfo>> {
-        let mut by_id: HashMap<i64, PathInfo> = HashMap::new();
-        let mut path_of: HashMap<i64, StorePath> = HashMap::new();
+        let mut ids: Vec<i64> = Vec::new();
+        let mut infos: Vec<PathInfo> = Vec::new();
         {
             let mut stmt = self
                 .conn
-                .prepare(&format!("{with} select {INFO_COLUMNS} from closure c cross join ValidPaths v on v.id = c.id"))
+                .prepare(&format!("{with} select {INFO_COLUMNS} from closure c cross join ValidPaths v on v.id = c.id order by c.id"))
                 .map_err(self.err())?;
             let mut rows = stmt.query([]).map_err(self.err())?;
             while let Some(row) = rows.next().map_err(self.err())? {
                 let (id, info) = self.row_to_info(row)?;
-                path_of.insert(id, info.path.clone());
-                by_id.insert(id, info);
+                ids.push(id);
+                infos.push(info);
             }
         }
-        let mut stmt = self
-            .conn
-            .prepare(&format!("{with} select r.referrer, r.reference from closure c cross join Refs r on r.referrer = c.id"))
-            .map_err(self.err())?;
-        let mut rows = stmt.query([]).map_err(self.err())?;
-        while let Some(row) = rows.next().map_err(self.err())? {
-            let (from, to): (i64, i64) = (row.get(0).map_err(self.err())?, row.get(1).map_err(self.err())?);
-            if let (Some(p), Some(info)) = (path_of.get(&to).cloned(), by_id.get_mut(&from)) {
-                info.references.insert(p);
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("{with} select r.referrer, r.reference from closure c cross join Refs r on r.referrer = c.id"))
+                .map_err(self.err())?;
+            let mut rows = stmt.query([]).map_err(self.err())?;
+            while let Some(row) = rows.next().map_err(self.err())? {
+                let (from, to): (i64, i64) = (row.get(0).map_err(self.err())?, row.get(1).map_err(self.err())?);
+                if let (Ok(a), Ok(b)) = (ids.binary_search(&from), ids.binary_search(&to)) {
+                    pairs.push((a as u32, b as u32));
+                }
             }
         }
-        Ok(by_id.into_values().collect())
+        for (a, b) in pairs {
+            let p = infos[b as usize].path.clone();
+            infos[a as usize].references.insert(p);
+        }
+        Ok(infos)
     }
 
     /// All infos, with references: the whole graph in two scans.
@@ -396,12 +419,32 @@ impl Database {
     /// references; every reference must be valid already or be in the batch, and the
     /// batch must not form a cycle.
     pub fn register(&self, batch: &[Registration]) -> Result<()> {
-        // Cycle check on indices: nothing cloned.
+        // Each reference as the index of its registration in the batch, if it is one:
+        // the cycle check and the inserts work on these, nothing cloned or hashed twice.
         let index: HashMap<&StorePath, u32> = batch.iter().enumerate().map(|(i, r)| (&r.info.path, i as u32)).collect();
-        let refs: Vec<Vec<u32>> = batch.iter().map(|r| r.info.references.iter().filter_map(|p| index.get(p).copied()).collect()).collect();
-        let paths: Vec<StorePath> = batch.iter().map(|r| r.info.path.clone()).collect();
-        crate::store::topo_order(&paths, &refs).map_err(|i| StoreError::Cycle(paths[i as usize].to_string()))?;
-        self.in_tx(|| self.register_in_tx(batch))
+        let refs: Vec<Vec<Option<u32>>> = batch.iter().map(|r| r.info.references.iter().map(|p| index.get(p).copied()).collect()).collect();
+        if let Some(i) = first_in_cycle(&refs) {
+            return Err(StoreError::Cycle(batch[i as usize].info.path.to_string()));
+        }
+        self.in_register_tx(|| self.register_in_tx(batch, &refs))
+    }
+
+    /// Runs `f`, which may only read and register, in a transaction of its own with
+    /// foreign-key enforcement off (or inside the caller's transaction, as the caller
+    /// set it). `register_in_tx` looks up every row a new row points at in the same
+    /// transaction, so the checks would only repeat those lookups: two per `Refs` row,
+    /// a fifth of a copy-up's time. Deletions rely on `on delete cascade` and never run
+    /// here.
+    pub fn in_register_tx<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if !self.conn.is_autocommit() {
+            return f();
+        }
+        self.conn.execute_batch("pragma foreign_keys = 0").map_err(self.err())?;
+        let result = self.in_tx(f);
+        let restored = self.conn.execute_batch("pragma foreign_keys = 1").map_err(self.err());
+        let value = result?;
+        restored?;
+        Ok(value)
     }
 
     /// Runs `f` in a transaction, or inside the caller's when one is open (so several
@@ -427,13 +470,20 @@ impl Database {
         }
     }
 
-    fn register_in_tx(&self, batch: &[Registration]) -> Result<()> {
+    /// `refs[i][k]`: the batch index of the `k`th reference of `batch[i]`, if in the batch.
+    fn register_in_tx(&self, batch: &[Registration], refs: &[Vec<Option<u32>>]) -> Result<()> {
         let path = self.path.clone();
         let store_dir = self.store_dir.clone();
         let err = |source| StoreError::Db { path: path.clone(), source };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let tx = &self.conn;
-        let mut ids: HashMap<&StorePath, i64> = HashMap::new();
+        // Rows in path order: the unique index on `path` then grows at its end instead of
+        // splitting pages all over (a copy-up arrives in hash-map order).
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_unstable_by(|&a, &b| batch[a].info.path.cmp(&batch[b].info.path));
+        // Per registration: its row id, and whether the row is new (then it has no
+        // references yet and plain inserts suffice).
+        let mut ids: Vec<(i64, bool)> = vec![(0, false); batch.len()];
         {
             let mut find = tx.prepare_cached("select id from ValidPaths where path = ?").map_err(err)?;
             let mut insert = tx
@@ -447,7 +497,8 @@ impl Database {
                 .map_err(err)?;
             let mut out_stmt =
                 tx.prepare_cached("insert or replace into DerivationOutputs (drv, id, path) values (?, ?, ?)").map_err(err)?;
-            for reg in batch {
+            for &i in &order {
+                let reg = &batch[i];
                 let info = &reg.info;
                 let full = store_dir.display(&info.path);
                 let sigs = (!info.sigs.is_empty()).then(|| info.sigs.iter().cloned().collect::<Vec<_>>().join(" "));
@@ -455,10 +506,10 @@ impl Database {
                 let ultimate = info.ultimate.then_some(1i64);
                 let ca = info.ca.as_ref().map(|c| c.to_string());
                 let existing: Option<i64> = find.query_row([&full], |r| r.get(0)).optional().map_err(err)?;
-                let id = match existing {
+                ids[i] = match existing {
                     Some(id) => {
                         update.execute(params![nar_size, info.nar_hash.to_db_string(), ultimate, sigs, ca, full]).map_err(err)?;
-                        id
+                        (id, false)
                     }
                     None => {
                         let time = if info.registration_time == 0 { now } else { info.registration_time };
@@ -474,28 +525,49 @@ impl Database {
                                 ca
                             ])
                             .map_err(err)?;
-                        tx.last_insert_rowid()
+                        (tx.last_insert_rowid(), true)
                     }
                 };
                 for (name, out) in &reg.drv_outputs {
-                    out_stmt.execute(params![id, name, store_dir.display(out)]).map_err(err)?;
+                    out_stmt.execute(params![ids[i].0, name, store_dir.display(out)]).map_err(err)?;
                 }
-                ids.insert(&info.path, id);
             }
-            let mut add_ref = tx.prepare_cached("insert or replace into Refs (referrer, reference) values (?, ?)").map_err(err)?;
-            for reg in batch {
-                let from = ids[&reg.info.path];
-                for r in &reg.info.references {
-                    let to = match ids.get(r) {
-                        Some(&id) => id,
+            // A batch much bigger than the `Refs` table (the first copy-up into a new upper
+            // database) builds the two secondary indexes afresh afterwards: one sort each
+            // instead of a random b-tree insert per row.
+            let new_refs: usize = batch.iter().map(|r| r.info.references.len()).sum();
+            let old_refs: i64 = tx.query_row("select coalesce(max(rowid), 0) from Refs", [], |r| r.get(0)).map_err(err)?;
+            let rebuild = new_refs >= 4096 && new_refs as i64 > 2 * old_refs;
+            if rebuild {
+                tx.execute_batch("drop index if exists IndexReferrer; drop index if exists IndexReference;").map_err(err)?;
+            }
+            let mut add_ref = tx.prepare_cached("insert into Refs (referrer, reference) values (?, ?)").map_err(err)?;
+            let mut replace_ref = tx.prepare_cached("insert or replace into Refs (referrer, reference) values (?, ?)").map_err(err)?;
+            let mut targets = Vec::new();
+            for &i in &order {
+                let (from, fresh) = ids[i];
+                targets.clear();
+                for (r, j) in batch[i].info.references.iter().zip(&refs[i]) {
+                    targets.push(match *j {
+                        Some(j) => ids[j as usize].0,
                         None => find
                             .query_row([store_dir.display(r)], |row| row.get(0))
                             .optional()
                             .map_err(err)?
                             .ok_or_else(|| StoreError::NotValid(store_dir.display(r)))?,
-                    };
-                    add_ref.execute([from, to]).map_err(err)?;
+                    });
                 }
+                targets.sort_unstable();
+                for &to in &targets {
+                    if fresh {
+                        add_ref.execute([from, to]).map_err(err)?;
+                    } else {
+                        replace_ref.execute([from, to]).map_err(err)?;
+                    }
+                }
+            }
+            if rebuild {
+                tx.execute_batch(REFS_INDEXES).map_err(err)?;
             }
         }
         Ok(())
@@ -526,6 +598,34 @@ impl Database {
         }
         Ok(())
     }
+}
+
+/// A registration on a reference cycle (self-references aside), if any: Kahn's
+/// algorithm on the in-batch references.
+fn first_in_cycle(refs: &[Vec<Option<u32>>]) -> Option<u32> {
+    let n = refs.len();
+    let mut pending = vec![0u32; n];
+    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (i, rs) in refs.iter().enumerate() {
+        for &r in rs.iter().flatten() {
+            if r as usize != i {
+                pending[i] += 1;
+                dependents[r as usize].push(i as u32);
+            }
+        }
+    }
+    let mut ready: Vec<u32> = (0..n as u32).filter(|&i| pending[i as usize] == 0).collect();
+    let mut done = 0;
+    while let Some(i) = ready.pop() {
+        done += 1;
+        for &d in &dependents[i as usize] {
+            pending[d as usize] -= 1;
+            if pending[d as usize] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    (done < n).then(|| (0..n as u32).find(|&i| pending[i as usize] > 0).expect("a registration on a cycle"))
 }
 
 /// Ends a read transaction when dropped.
@@ -632,5 +732,111 @@ impl Database {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(i: usize) -> StorePath {
+        let mut d = [0u8; 20];
+        d[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        StorePath::new(d, &format!("p{i}")).unwrap()
+    }
+
+    fn reg(i: usize, refs: &[usize]) -> Registration {
+        Registration {
+            info: PathInfo {
+                path: path(i),
+                deriver: None,
+                nar_hash: Hash::sha256(format!("{i}").as_bytes()),
+                references: refs.iter().map(|&r| path(r)).collect(),
+                registration_time: 0,
+                nar_size: 8,
+                ultimate: false,
+                sigs: BTreeSet::new(),
+                ca: None,
+            },
+            drv_outputs: Vec::new(),
+        }
+    }
+
+    fn open(dir: &Path) -> Database {
+        Database::open(&dir.join("db.sqlite"), OpenMode::ReadWrite, &StoreDir::default(), true).unwrap()
+    }
+
+    fn indexes(db: &Database) -> Vec<String> {
+        let mut s = db.conn.prepare("select name from sqlite_master where type = 'index' and tbl_name = 'Refs' order by name").unwrap();
+        s.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    fn foreign_keys(db: &Database) -> i64 {
+        db.conn.query_row("pragma foreign_keys", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_bulk_registration_rebuilds_the_refs_indexes_and_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let before = indexes(&db);
+        // 3,000 paths with 3 references each: over the bulk threshold.
+        let batch: Vec<Registration> = (0..3000).map(|i| reg(i, &[(i + 1) % 3000, (i + 7) % 3000, i]).clone_acyclic(i)).collect();
+        db.register(&batch).unwrap();
+        assert_eq!(indexes(&db), before);
+        assert_eq!(foreign_keys(&db), 1, "foreign keys are enforced again after a registration");
+        assert_eq!(db.count_paths().unwrap(), 3000);
+        let info = db.path_info(&path(10)).unwrap().unwrap();
+        assert_eq!(info.references, batch[10].info.references);
+        let referrers = db.referrers(&path(2999)).unwrap();
+        assert!(referrers.contains(&path(2999)) && referrers.contains(&path(2998)), "{referrers:?}");
+        assert_eq!(db.conn.query_row("pragma integrity_check", [], |r| r.get::<_, String>(0)).unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_failed_bulk_registration_leaves_nothing_and_the_indexes_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let before = indexes(&db);
+        let mut batch: Vec<Registration> = (0..3000).map(|i| reg(i, &[(i + 1) % 3000, i]).clone_acyclic(i)).collect();
+        batch.push(reg(5000, &[6000])); // 6000 is neither valid nor in the batch
+        assert!(matches!(db.register(&batch), Err(StoreError::NotValid(p)) if p.ends_with("-p6000")));
+        assert_eq!(db.count_paths().unwrap(), 0);
+        assert_eq!(indexes(&db), before);
+        assert_eq!(foreign_keys(&db), 1);
+    }
+
+    #[test]
+    fn a_cycle_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let batch = vec![reg(1, &[2]), reg(2, &[3]), reg(3, &[1, 3]), reg(4, &[4])];
+        assert!(matches!(db.register(&batch), Err(StoreError::Cycle(_))));
+        assert_eq!(db.count_paths().unwrap(), 0);
+        // Self-references alone are no cycle.
+        db.register(&[reg(4, &[4])]).unwrap();
+        assert_eq!(db.path_info(&path(4)).unwrap().unwrap().references, BTreeSet::from([path(4)]));
+    }
+
+    #[test]
+    fn registering_again_replaces_the_references_of_existing_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.register(&[reg(1, &[]), reg(2, &[]), reg(3, &[1])]).unwrap();
+        db.register(&[reg(3, &[1, 2])]).unwrap();
+        assert_eq!(db.path_info(&path(3)).unwrap().unwrap().references, BTreeSet::from([path(1), path(2)]));
+    }
+
+    impl Registration {
+        /// Drops the references that would close a cycle (to lower indices, but self).
+        fn clone_acyclic(self, i: usize) -> Registration {
+            let mut r = self;
+            r.info.references.retain(|p| {
+                let s = p.to_string();
+                let n: usize = s.rsplit("-p").next().unwrap().parse().unwrap();
+                n > i || n == i
+            });
+            r
+        }
     }
 }

@@ -192,7 +192,7 @@ impl LocalStore {
         self.temp_roots.lock().expect("temp roots").add(path).map_err(io_err(dir))
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(crate) fn check_writable(&self) -> Result<()> {
         if self.config.read_only || self.config.immutable {
             return Err(StoreError::ReadOnly(self.config.real.display().to_string()));
         }
@@ -323,6 +323,10 @@ impl Store for LocalStore {
 
     fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>> {
         self.db.derivation_outputs(drv)
+    }
+
+    fn derivation_outputs_of(&self, drvs: &[StorePath]) -> Result<Vec<BTreeMap<String, StorePath>>> {
+        self.db.derivation_outputs_of(drvs)
     }
 
     fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>> {

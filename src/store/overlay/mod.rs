@@ -247,10 +247,8 @@ impl OverlayStore {
         if self.read_only {
             return Ok(0);
         }
-        let regs = copy_up::lower_closure_registrations(&self.upper, self.lower.as_ref(), paths.iter().cloned())?;
-        let n = regs.len();
+        let n = copy_up::register_with_lower_closures(&self.upper, self.lower.as_ref(), paths.iter().cloned(), Vec::new())?;
         if n > 0 {
-            self.upper.register(&regs)?;
             tracing::debug!("copied up the metadata of {n} lower paths");
         }
         Ok(n)
@@ -363,8 +361,6 @@ impl IngestTarget for OverlayStore {
         let in_batch: BTreeSet<&StorePath> = batch.iter().map(|r| &r.info.path).collect();
         let wanted: BTreeSet<StorePath> =
             batch.iter().flat_map(|r| r.info.references.iter()).filter(|r| !in_batch.contains(r)).cloned().collect();
-        let mut all = copy_up::lower_closure_registrations(&self.upper, self.lower.as_ref(), wanted)?;
-        all.extend(batch);
-        self.upper.register(&all)
+        copy_up::register_with_lower_closures(&self.upper, self.lower.as_ref(), wanted, batch).map(|_| ())
     }
 }
