@@ -6,53 +6,13 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const NIX_CONFIG: &str =
     "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n";
-
-/// A nix-daemon serving `root` on `socket`, stopped when dropped.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(scratch: &Scratch, root: &Path, socket: &Path) -> Daemon {
-        fs::create_dir_all(scratch.join("home")).unwrap();
-        let child = Command::new("nix-daemon")
-            .args(["--store", root.to_str().unwrap()])
-            .env("NIX_DAEMON_SOCKET_PATH", socket)
-            .env("NIX_CONFIG", NIX_CONFIG)
-            .env("HOME", scratch.join("home"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nix-daemon");
-        let t = Instant::now();
-        while !socket.exists() {
-            assert!(t.elapsed() < Duration::from_secs(10), "nix-daemon did not create its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, socket: socket.to_path_buf() }
-    }
-
-    fn uri(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.socket);
-    }
-}
 
 fn config(base: &Path, socket: &Path, real: &Path, extra: &str) -> String {
     write(
@@ -80,7 +40,7 @@ fn a_daemon_lower_store_serves_queries_import_gc_and_verify() {
     with_private_mounts(s.path(), move || {
         let sc = Scratch::new();
         let root = base.join("daemon-root");
-        let daemon = Daemon::start(&sc, &root, &base.join("daemon.sock"));
+        let daemon = Daemon::start(&sc, &root, &base.join("daemon.sock"), NIX_CONFIG);
         // Build through the daemon: `dep` (and its .drv) end up in the lower store.
         write_default_nix(&base.join("expr"));
         let dep_nix = write(
@@ -135,7 +95,7 @@ fn a_daemon_lower_store_serves_queries_import_gc_and_verify() {
         let r = ours(&cfg, &["query", "--hash", &dep]);
         assert_eq!(r.code, 1);
         assert!(r.stderr.contains("cannot connect to nix-daemon"), "{}", r.stderr);
-        let daemon = Daemon::start(&sc, &root, &base.join("daemon.sock"));
+        let daemon = Daemon::start(&sc, &root, &base.join("daemon.sock"), NIX_CONFIG);
         ours(&cfg, &["verify", "--check-contents"]).ok();
         drop(daemon);
     });

@@ -6,6 +6,7 @@ mod logging;
 mod output;
 mod paths;
 mod query;
+mod realisation;
 mod watch;
 
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
@@ -134,6 +135,9 @@ enum Command {
     /// Work with Lua policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Realisations of content-addressed derivation outputs (`ca-derivations`).
+    #[command(subcommand)]
+    Realisation(realisation::RealisationCommand),
     /// Move the overlay onto a new lower store without losing live upper closures.
     Pivot {
         /// The complete spec after the pivot (TOML file or URI): same upper layer, mount
@@ -499,6 +503,10 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
                 }
             }
             out.flush().map_err(out_err)
+        }
+        Command::Realisation(cmd) => {
+            let opened = session.open(&spec)?;
+            realisation::run(cmd, opened)
         }
         Command::PathFromHashPart { hash } => {
             let opened = session.open(&spec)?;

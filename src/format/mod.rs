@@ -5,7 +5,9 @@ pub mod export;
 pub mod hash;
 pub mod nar;
 pub mod nixbase32;
+pub mod realisation;
 pub mod store_path;
 
 pub use hash::{Hash, HashAlgo};
+pub use realisation::{DrvOutput, Realisation};
 pub use store_path::{ContentAddress, FileIngestion, StoreDir, StorePath};

@@ -14,7 +14,7 @@ use crate::format::export::ExportError;
 use crate::format::hash::HashError;
 use crate::format::nar::NarError;
 use crate::format::store_path::{ContentAddressError, StorePathError};
-use crate::format::{ContentAddress, Hash, StoreDir, StorePath};
+use crate::format::{ContentAddress, DrvOutput, Hash, Realisation, StoreDir, StorePath};
 
 /// The metadata of a valid store path, one row of `ValidPaths` plus its `Refs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub enum StoreError {
     Hash(#[from] HashError),
     #[error("{0}")]
     ContentAddress(#[from] ContentAddressError),
+    #[error("{0}")]
+    Realisation(#[from] crate::format::realisation::RealisationError),
     #[error("derivation '{path}': {what}")]
     Derivation { path: String, what: String },
     #[error("{0}")]
@@ -95,6 +97,8 @@ pub trait Store {
         drvs.iter().map(|d| self.derivation_outputs(d)).collect()
     }
     fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>>;
+    /// The realisation of a content-addressed derivation's output (`ca-derivations`).
+    fn realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>>;
     /// The infos of the closure of `roots` under references, in no particular order.
     /// Fails with `NotValid` on an invalid root.
     fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>>;

@@ -247,3 +247,42 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A nix-daemon serving `root` on `socket`, stopped when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(scratch: &Scratch, root: &Path, socket: &Path, nix_config: &str) -> Daemon {
+        fs::create_dir_all(scratch.join("home")).unwrap();
+        let child = Command::new("nix-daemon")
+            .args(["--store", root.to_str().unwrap()])
+            .env("NIX_DAEMON_SOCKET_PATH", socket)
+            .env("NIX_CONFIG", nix_config)
+            .env("HOME", scratch.join("home"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nix-daemon");
+        let t = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(10), "nix-daemon did not create its socket");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Daemon { child, socket: socket.to_path_buf() }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.socket);
+    }
+}

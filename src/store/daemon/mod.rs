@@ -23,7 +23,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::format::{ContentAddress, Hash, HashAlgo, StoreDir, StorePath};
+use crate::format::{ContentAddress, DrvOutput, Hash, HashAlgo, Realisation, StoreDir, StorePath};
 use crate::spec::StoreSpec;
 use crate::store::{PathInfo, Result, Store, StoreError};
 
@@ -49,6 +49,7 @@ const OP_QUERY_PATH_INFO: u64 = 26;
 const OP_QUERY_PATH_FROM_HASH_PART: u64 = 29;
 const OP_QUERY_VALID_DERIVERS: u64 = 33;
 const OP_QUERY_DERIVATION_OUTPUT_MAP: u64 = 41;
+const OP_QUERY_REALISATION: u64 = 43;
 
 /// Path-info requests sent before reading their replies: small enough that requests and
 /// replies fit in the sockets' buffers, so neither side blocks the other.
@@ -360,6 +361,34 @@ impl Store for DaemonStore {
             } else {
                 Ok(Some(self.parse(&s)?))
             }
+        })
+    }
+
+    /// The daemon answers with a set of at most one: realisations as JSON strings
+    /// (protocol ≥ 1.31), or only the output path before that.
+    fn realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>> {
+        self.with(|c| {
+            write_u64(&mut c.w, OP_QUERY_REALISATION)?;
+            write_string(&mut c.w, &id.to_string())?;
+            c.w.flush()?;
+            c.stderr_loop()?;
+            let items = read_strings(&mut c.r)?;
+            let bad = |what: String| Failure::Wire(WireError::Malformed(what));
+            let Some(item) = items.first() else { return Ok(None) };
+            if c.minor < 31 {
+                return Ok(Some(Realisation {
+                    id: id.clone(),
+                    out_path: self.parse(item)?,
+                    signatures: BTreeSet::new(),
+                    dependent: BTreeMap::new(),
+                }));
+            }
+            let v: serde_json::Value = serde_json::from_str(item).map_err(|e| bad(format!("realisation of '{id}': {e}")))?;
+            let r = Realisation::from_json(&v).map_err(|e| bad(format!("realisation of '{id}': {e}")))?;
+            if r.id != *id {
+                return Err(bad(format!("asked for the realisation of '{id}', got one of '{}'", r.id)));
+            }
+            Ok(Some(r))
         })
     }
 

@@ -31,7 +31,7 @@ use crate::format::derivation;
 use crate::format::export;
 use crate::format::hash::{HashAlgo, HashSink};
 use crate::format::nar;
-use crate::format::{StoreDir, StorePath};
+use crate::format::{DrvOutput, Realisation, StoreDir, StorePath};
 use crate::store::{io_err, topo_sort, PathInfo, Result, Store, StoreError};
 
 pub use db::{Database, OpenMode, Registration};
@@ -237,6 +237,27 @@ impl LocalStore {
         self.db.register(batch)
     }
 
+    /// Registers realisations (their output paths must be valid here) in one
+    /// transaction, then records the `ca-derivations` schema version as Nix does.
+    pub fn register_realisations(&self, batch: &[Realisation]) -> Result<()> {
+        self.check_writable()?;
+        self.db.register_realisations(batch)?;
+        self.note_ca_schema()
+    }
+
+    /// Writes `db/ca-schema` when the tables exist and the file does not. Written after
+    /// the commit: a crash in between leaves tables without the file, which Nix (and we)
+    /// handle by creating the tables `if not exists` again.
+    pub(crate) fn note_ca_schema(&self) -> Result<()> {
+        let file = self.config.db_dir().join("ca-schema");
+        if !file.exists() && self.db.has_realisations()? {
+            let tmp = self.config.db_dir().join(".ca-schema.tmp");
+            fs::write(&tmp, db::CA_SCHEMA_VERSION).map_err(io_err(&tmp))?;
+            fs::rename(&tmp, &file).map_err(io_err(&file))?;
+        }
+        Ok(())
+    }
+
     /// Writes the NAR of a path's files (as they are on disk) to `out`.
     pub fn dump<W: Write>(&self, path: &StorePath, out: W) -> Result<W> {
         let real = self.real_path(path);
@@ -332,6 +353,10 @@ impl Store for LocalStore {
     fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>> {
         crate::format::store_path::validate_hash_part(hash_part)?;
         self.db.path_from_hash_part(hash_part)
+    }
+
+    fn realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>> {
+        self.db.realisation(id)
     }
 
     fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>> {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::format::{StoreDir, StorePath};
+use crate::format::{DrvOutput, Realisation, StoreDir, StorePath};
 use crate::spec::{StoreKind, StoreSpec};
 use crate::store::local::gc::DeadPath;
 use crate::store::local::ingest::IngestTarget;
@@ -255,6 +255,43 @@ impl OverlayStore {
     }
 }
 
+impl OverlayStore {
+    /// Registers realisations in the upper database. What they need from the lower
+    /// store is copied up first, in the same transaction: the realisations they depend
+    /// on that only the lower store has (transitively), and the closures of all their
+    /// output paths (copy-up reason "realisation": always done).
+    pub fn register_realisations(&self, batch: &[Realisation]) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(self.plan.real.display().to_string()));
+        }
+        let upper = self.upper.db();
+        let mut all: Vec<Realisation> = Vec::new();
+        upper.in_register_tx(|| {
+            let mut known: BTreeSet<DrvOutput> = batch.iter().map(|r| r.id.clone()).collect();
+            let mut queue: Vec<DrvOutput> = batch.iter().flat_map(|r| r.dependent.keys().cloned()).collect();
+            while let Some(id) = queue.pop() {
+                if !known.insert(id.clone()) || upper.realisation(&id)?.is_some() {
+                    continue;
+                }
+                if let Some(r) = self.lower.realisation(&id)? {
+                    queue.extend(r.dependent.keys().cloned());
+                    all.push(r);
+                }
+                // Missing in both: register_realisations names it.
+            }
+            all.extend(batch.iter().cloned());
+            let wanted: BTreeSet<StorePath> = all.iter().map(|r| r.out_path.clone()).collect();
+            let n = copy_up::register_with_lower_closures(&self.upper, self.lower.as_ref(), wanted, Vec::new())?;
+            if n > 0 {
+                tracing::debug!("copied up the metadata of {n} lower paths for realisations");
+            }
+            upper.register_realisations(&all)?;
+            Ok(())
+        })?;
+        self.upper.note_ca_schema()
+    }
+}
+
 impl Store for OverlayStore {
     fn store_dir(&self) -> &StoreDir {
         self.upper.store_dir()
@@ -308,6 +345,13 @@ impl Store for OverlayStore {
         match self.upper.path_from_hash_part(hash_part)? {
             Some(p) => Ok(Some(p)),
             None => self.lower.path_from_hash_part(hash_part),
+        }
+    }
+
+    fn realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>> {
+        match self.upper.realisation(id)? {
+            Some(r) => Ok(Some(r)),
+            None => self.lower.realisation(id),
         }
     }
 
