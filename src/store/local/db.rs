@@ -666,7 +666,7 @@ impl Database {
             let mut find = tx.prepare_cached("select id from ValidPaths where path = ?").map_err(err)?;
             let mut insert = tx
                 .prepare_cached(
-                    "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca)
+                    "insert or ignore into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca)
                      values (?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .map_err(err)?;
@@ -683,28 +683,17 @@ impl Database {
                 let nar_size = (info.nar_size != 0).then_some(info.nar_size as i64);
                 let ultimate = info.ultimate.then_some(1i64);
                 let ca = info.ca.as_ref().map(|c| c.to_string());
-                let existing: Option<i64> = find.query_row([&full], |r| r.get(0)).optional().map_err(err)?;
-                ids[i] = match existing {
-                    Some(id) => {
-                        update.execute(params![nar_size, info.nar_hash.to_db_string(), ultimate, sigs, ca, full]).map_err(err)?;
-                        (id, false)
-                    }
-                    None => {
-                        let time = if info.registration_time == 0 { now } else { info.registration_time };
-                        insert
-                            .execute(params![
-                                full,
-                                info.nar_hash.to_db_string(),
-                                time,
-                                info.deriver.as_ref().map(|d| store_dir.display(d)),
-                                nar_size,
-                                ultimate,
-                                sigs,
-                                ca
-                            ])
-                            .map_err(err)?;
-                        (tx.last_insert_rowid(), true)
-                    }
+                // Insert first: for a new row the unique index is probed once, by the insert.
+                let time = if info.registration_time == 0 { now } else { info.registration_time };
+                let hash = info.nar_hash.to_db_string();
+                let deriver = info.deriver.as_ref().map(|d| store_dir.display(d));
+                let added = insert.execute(params![full, hash, time, deriver, nar_size, ultimate, sigs, ca]).map_err(err)?;
+                ids[i] = if added == 1 {
+                    (tx.last_insert_rowid(), true)
+                } else {
+                    let id: i64 = find.query_row([&full], |r| r.get(0)).map_err(err)?;
+                    update.execute(params![nar_size, hash, ultimate, sigs, ca, full]).map_err(err)?;
+                    (id, false)
                 };
                 for (name, out) in &reg.drv_outputs {
                     out_stmt.execute(params![ids[i].0, name, store_dir.display(out)]).map_err(err)?;
