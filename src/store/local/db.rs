@@ -795,6 +795,21 @@ fn first_in_cycle(refs: &[Vec<Option<u32>>]) -> Option<u32> {
     (done < n).then(|| (0..n as u32).find(|&i| pending[i as usize] > 0).expect("a registration on a cycle"))
 }
 
+/// The WAL file is kept between processes (persistent WAL), and closing the last
+/// connection checkpoints it but leaves its frames in place: the next process to open
+/// the database would rebuild its index from them and read every page it needs with a
+/// `pread` from the WAL instead of through the memory map (26,000 reads for one copy-up
+/// from a 100k-path lower store). A size limit of zero makes the closing checkpoint
+/// truncate the file instead; it never blocks (it only applies when that checkpoint
+/// succeeded).
+impl Drop for Database {
+    fn drop(&mut self) {
+        if !self.conn.is_readonly(rusqlite::DatabaseName::Main).unwrap_or(true) {
+            let _ = self.conn.execute_batch("pragma journal_size_limit = 0");
+        }
+    }
+}
+
 /// Ends a read transaction when dropped.
 struct SnapshotGuard<'a> {
     conn: Option<&'a Connection>,
@@ -971,6 +986,17 @@ mod tests {
         assert_eq!(db.count_paths().unwrap(), 0);
         assert_eq!(indexes(&db), before);
         assert_eq!(foreign_keys(&db), 1);
+    }
+
+    #[test]
+    fn closing_a_writer_leaves_an_empty_wal_for_the_next_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.register(&(0..500).map(|i| reg(i, &[i])).collect::<Vec<_>>()).unwrap();
+        let wal = dir.path().join("db.sqlite-wal");
+        assert!(wal.metadata().unwrap().len() > 0, "the registration went through the WAL");
+        drop(db);
+        assert_eq!(wal.metadata().unwrap().len(), 0, "the closing checkpoint truncates the (persistent) WAL");
     }
 
     #[test]
