@@ -281,8 +281,15 @@ fn pivot_to_a_newer_lower_store() {
             std::thread::sleep(Duration::from_millis(d));
             let _ = c.kill();
             let _ = c.wait();
-            if ours(&cfg_b, &["check-mount"]).code == 0 && !base.join("merged/nix/var/nix/pivot-in-progress").exists() {
-                // It finished before the kill: go back to A for the next round.
+            let journal = base.join("merged/nix/var/nix/pivot-in-progress");
+            let committing = fs::read_to_string(&journal).map(|t| t.lines().nth(2) == Some("committing")).unwrap_or(false);
+            if committing || (ours(&cfg_b, &["check-mount"]).code == 0 && !journal.exists()) {
+                // It finished, or was killed past the point of no return (it rolls
+                // forward): B is the setup now and must verify; go back to A for the
+                // next round.
+                let v = ours(&cfg_b, &["verify", "--check-contents"]);
+                assert_eq!(v.code, 0, "new setup after kill at {d} ms while committing: {}", v.stderr);
+                ours(&cfg_b, &["check-mount"]).ok();
                 ours(&cfg_b, &["pivot", "--to", &cfg_a]).ok();
                 continue;
             }

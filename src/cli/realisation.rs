@@ -28,6 +28,12 @@ pub enum RealisationCommand {
     Add { file: Option<PathBuf> },
 }
 
+impl RealisationCommand {
+    pub fn only_reads(&self) -> bool {
+        matches!(self, RealisationCommand::Info { .. })
+    }
+}
+
 pub fn run(cmd: RealisationCommand, opened: &mut Opened) -> CliResult {
     match cmd {
         RealisationCommand::Info { json, ids } => {
