@@ -27,10 +27,10 @@ impl Setup {
         Setup { base: base.to_path_buf(), cfg }
     }
     fn lower_uri(&self) -> String {
-        format!("local?root={}", self.base.join("lower").display())
+        Layers::new(&self.base).lower_uri()
     }
     fn lower_fingerprint(&self) -> (Vec<String>, Vec<u8>) {
-        (listing(&self.base.join("lower/nix/store")), fs::read(self.base.join("lower/nix/var/nix/db/db.sqlite")).unwrap())
+        Layers::new(&self.base).lower_fingerprint()
     }
     fn check(&self, lower_before: &(Vec<String>, Vec<u8>)) {
         let v = ours(&self.cfg, &["verify", "--check-contents"]);

@@ -5,58 +5,10 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-struct Layers {
-    base: PathBuf,
-}
-
-impl Layers {
-    fn lower(&self) -> PathBuf {
-        self.base.join("lower")
-    }
-    fn lower_real(&self) -> PathBuf {
-        self.lower().join("nix/store")
-    }
-    fn upper(&self) -> PathBuf {
-        self.base.join("upper")
-    }
-    fn real(&self) -> PathBuf {
-        self.base.join("merged/nix/store")
-    }
-    fn state(&self) -> PathBuf {
-        self.base.join("merged/nix/var/nix")
-    }
-    fn lower_uri(&self) -> String {
-        format!("local?root={}", self.lower().display())
-    }
-    fn config_with(&self, extra: &str) -> String {
-        write(
-            &self.base.join("store.toml"),
-            &format!(
-                "type = \"local-overlay\"\nroot = \"merged\"\nupper-layer = \"upper\"\n{extra}\n[lower-store]\ntype = \"local\"\nroot = \"lower\"\n\n[mount]\nworkdir = \"work\"\n"
-            ),
-        )
-    }
-    fn upper_entries(&self) -> Vec<String> {
-        listing(&self.upper()).into_iter().filter(|n| n != ".links").collect()
-    }
-    /// Lower store contents and database bytes, to show they never change.
-    fn lower_fingerprint(&self) -> (Vec<String>, Vec<u8>) {
-        (listing(&self.lower_real()), fs::read(self.lower().join("nix/var/nix/db/db.sqlite")).unwrap())
-    }
-}
-
-fn add(store: &str, file: &str) -> String {
-    ours(store, &["add", file]).ok().out().trim().to_string()
-}
-
-fn base_of(p: &str) -> String {
-    Path::new(p).file_name().unwrap().to_str().unwrap().to_string()
-}
 
 fn no_whiteouts(dir: &Path) {
     use std::os::unix::fs::FileTypeExt;

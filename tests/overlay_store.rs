@@ -4,56 +4,9 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-/// A lower store, an upper layer, a workdir and a merged root, all under `base`.
-struct Layers {
-    base: PathBuf,
-}
-
-impl Layers {
-    fn new(base: &Path) -> Layers {
-        Layers { base: base.to_path_buf() }
-    }
-    fn lower(&self) -> PathBuf {
-        self.base.join("lower")
-    }
-    fn lower_real(&self) -> PathBuf {
-        self.lower().join("nix/store")
-    }
-    fn upper(&self) -> PathBuf {
-        self.base.join("upper")
-    }
-    fn merged_root(&self) -> PathBuf {
-        self.base.join("merged")
-    }
-    fn real(&self) -> PathBuf {
-        self.merged_root().join("nix/store")
-    }
-    fn config(&self) -> String {
-        let p = self.base.join("store.toml");
-        write(
-            &p,
-            "type = \"local-overlay\"\nroot = \"merged\"\nupper-layer = \"upper\"\n\n[lower-store]\ntype = \"local\"\nroot = \"lower\"\n\n[mount]\nworkdir = \"work\"\n",
-        )
-    }
-    fn lower_uri(&self) -> String {
-        format!("local?root={}", self.lower().display())
-    }
-    /// The upper store seen by stock Nix as a plain local store over the merged dir.
-    fn nix_view(&self) -> String {
-        format!("local?real={}&state={}", self.real().display(), self.merged_root().join("nix/var/nix").display())
-    }
-    fn upper_entries(&self) -> Vec<String> {
-        listing(&self.upper()).into_iter().filter(|n| n != ".links").collect()
-    }
-}
-
-fn add(store: &str, file: &str) -> String {
-    ours(store, &["add", file]).ok().out().trim().to_string()
-}
 
 #[test]
 fn reads_fall_through_and_adds_land_in_the_upper_layer() {

@@ -36,10 +36,10 @@ impl Setup {
         (s, cfg)
     }
     fn lower_uri(&self) -> String {
-        format!("local?root={}", self.base.join("lower").display())
+        Layers::new(&self.base).lower_uri()
     }
     fn upper_entries(&self) -> Vec<String> {
-        listing(&self.base.join("upper")).into_iter().filter(|n| n != ".links").collect()
+        Layers::new(&self.base).upper_entries()
     }
     fn add(&self, cfg: &str, name: &str, text: &str) -> String {
         ours(cfg, &["add", &write(&self.base.join("in").join(name), text)]).ok().out().trim().to_string()
@@ -52,10 +52,6 @@ impl Setup {
 
 fn shipped(name: &str) -> String {
     fs::read_to_string(Path::new(REPO).join("lua").join(name)).unwrap()
-}
-
-fn base_of(p: &str) -> String {
-    Path::new(p).file_name().unwrap().to_str().unwrap().to_string()
 }
 
 #[test]

@@ -239,7 +239,7 @@ fn pivot_to_a_newer_lower_store() {
         ours(&cfg_a, &["mount"]).ok();
         // A live upper path whose closure uses lib1 (only in A) and base (in both), and a
         // dead one using lib1 too.
-        let mut stream = Vec::new();
+        let stream: Vec<u8>;
         {
             // Export lib1's closure from A, plus an upper "app" referring to it, built by
             // importing a stream whose item lists lib1 as a reference.

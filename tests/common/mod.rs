@@ -286,3 +286,70 @@ impl Drop for Daemon {
         let _ = fs::remove_file(&self.socket);
     }
 }
+
+/// The usual overlay fixture under `base`: a local lower store at `lower/`, the upper
+/// layer at `upper/`, the workdir at `work/`, the merged root at `merged/` (store dir
+/// `merged/nix/store`, state `merged/nix/var/nix`), and `store.toml` describing them.
+pub struct Layers {
+    pub base: PathBuf,
+}
+
+impl Layers {
+    pub fn new(base: &Path) -> Layers {
+        Layers { base: base.to_path_buf() }
+    }
+    pub fn lower(&self) -> PathBuf {
+        self.base.join("lower")
+    }
+    pub fn lower_real(&self) -> PathBuf {
+        self.lower().join("nix/store")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.base.join("upper")
+    }
+    pub fn merged_root(&self) -> PathBuf {
+        self.base.join("merged")
+    }
+    pub fn real(&self) -> PathBuf {
+        self.merged_root().join("nix/store")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.merged_root().join("nix/var/nix")
+    }
+    pub fn lower_uri(&self) -> String {
+        format!("local?root={}", self.lower().display())
+    }
+    /// The upper store seen as a plain local store over the merged dir (stock Nix's view).
+    pub fn nix_view(&self) -> String {
+        format!("local?real={}&state={}", self.real().display(), self.state().display())
+    }
+    /// Writes `store.toml`; `extra` goes among the top-level keys (it may end in tables).
+    pub fn config_with(&self, extra: &str) -> String {
+        write(
+            &self.base.join("store.toml"),
+            &format!(
+                "type = \"local-overlay\"\nroot = \"merged\"\nupper-layer = \"upper\"\n{extra}\n[lower-store]\ntype = \"local\"\nroot = \"lower\"\n\n[mount]\nworkdir = \"work\"\n"
+            ),
+        )
+    }
+    pub fn config(&self) -> String {
+        self.config_with("")
+    }
+    pub fn upper_entries(&self) -> Vec<String> {
+        listing(&self.upper()).into_iter().filter(|n| n != ".links").collect()
+    }
+    /// Lower store contents and database bytes, to show they never change.
+    pub fn lower_fingerprint(&self) -> (Vec<String>, Vec<u8>) {
+        (listing(&self.lower_real()), fs::read(self.lower().join("nix/var/nix/db/db.sqlite")).unwrap())
+    }
+}
+
+/// `add` through our binary; the printed store path.
+pub fn add(store: &str, file: &str) -> String {
+    ours(store, &["add", file]).ok().out().trim().to_string()
+}
+
+/// The base name of a store path.
+pub fn base_of(p: &str) -> String {
+    Path::new(p).file_name().unwrap().to_str().unwrap().to_string()
+}
