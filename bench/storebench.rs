@@ -431,72 +431,93 @@ fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Scratch, ru
 
 /// The query benchmarks on one graph store; `main_targets` says whether the issue's
 /// targets apply (they are stated for the 100k store).
-fn graph_benches(ctx: &Ctx, g: &Generated, label: &str, plan: &Plan, main_targets: bool) -> Vec<Bench> {
+/// The query benchmarks of one graph store, not yet run: `query_phase` runs each right
+/// after the same one on the other store, so the flatness comparison sees the machine
+/// in the same state (this VM's speed drifts over minutes).
+fn graph_benches<'a>(
+    ctx: &'a Ctx,
+    g: &'a Generated,
+    label: &'a str,
+    plan: &'a Plan,
+    main_targets: bool,
+) -> Vec<Box<dyn FnOnce() -> Bench + 'a>> {
     let a = g.anchors.as_ref().expect("graph store");
     let root = &g.root;
     let nix = ctx.nix.as_ref();
-    let t = |x: Target| if main_targets { x } else { Target::Info };
+    let t = move |x: Target| if main_targets { x } else { Target::Info };
     vec![
-        ctx.query(
-            "requisites",
-            &format!("query --requisites of the system ({} paths)", a.system_closure),
-            label,
-            ours_cmd(&ctx.bin, root, &["query", "--requisites", &a.system]),
-            nix.map(|n| n.store_cmd(root, &["--query", "--requisites", &a.system])),
-            Expect::Lines(a.system_closure),
-            plan.query_runs,
-            Target::Ratio(5.0),
-        ),
-        ctx.query(
-            "referrers",
-            &format!("query --referrers of core ({} referrers)", a.core_referrers),
-            label,
-            ours_cmd(&ctx.bin, root, &["query", "--referrers", &a.core]),
-            nix.map(|n| n.store_cmd(root, &["--query", "--referrers", &a.core])),
-            Expect::Lines(a.core_referrers),
-            plan.query_runs,
-            t(Target::Ratio(10.0)),
-        ),
-        ctx.query(
-            "referrers-mid",
-            &format!("query --referrers of libmid ({} referrers)", a.libmid_referrers),
-            label,
-            ours_cmd(&ctx.bin, root, &["query", "--referrers", &a.libmid]),
-            nix.map(|n| n.store_cmd(root, &["--query", "--referrers", &a.libmid])),
-            Expect::Lines(a.libmid_referrers),
-            plan.query_runs,
-            Target::Info,
-        ),
-        ctx.query(
-            "path-info-json",
-            &format!("path-info --json -r of the system ({} paths)", a.system_closure),
-            label,
-            ours_cmd(&ctx.bin, root, &["path-info", "--json", "-r", &a.system]),
-            nix.map(|n| n.nix_cmd("path-info", root, &["--json", "-r", &a.system])),
-            Expect::JsonPaths(a.system_closure),
-            plan.query_runs,
-            Target::Ratio(4.0),
-        ),
-        ctx.query(
-            "startup",
-            "start-up + one indexed query: path-info P",
-            label,
-            ours_cmd(&ctx.bin, root, &["path-info", &a.probe]),
-            nix.map(|n| n.nix_cmd("path-info", root, &[&a.probe])),
-            Expect::Same,
-            plan.startup_runs,
-            Target::Under(Duration::from_millis(3)),
-        ),
-        ctx.query(
-            "startup-hash",
-            "start-up + one indexed query: query --hash P",
-            label,
-            ours_cmd(&ctx.bin, root, &["query", "--hash", &a.probe]),
-            nix.map(|n| n.store_cmd(root, &["--query", "--hash", &a.probe])),
-            Expect::Same,
-            plan.startup_runs,
-            Target::Under(Duration::from_millis(3)),
-        ),
+        Box::new(move || {
+            ctx.query(
+                "requisites",
+                &format!("query --requisites of the system ({} paths)", a.system_closure),
+                label,
+                ours_cmd(&ctx.bin, root, &["query", "--requisites", &a.system]),
+                nix.map(|n| n.store_cmd(root, &["--query", "--requisites", &a.system])),
+                Expect::Lines(a.system_closure),
+                plan.query_runs,
+                Target::Ratio(5.0),
+            )
+        }),
+        Box::new(move || {
+            ctx.query(
+                "referrers",
+                &format!("query --referrers of core ({} referrers)", a.core_referrers),
+                label,
+                ours_cmd(&ctx.bin, root, &["query", "--referrers", &a.core]),
+                nix.map(|n| n.store_cmd(root, &["--query", "--referrers", &a.core])),
+                Expect::Lines(a.core_referrers),
+                plan.query_runs,
+                t(Target::Ratio(10.0)),
+            )
+        }),
+        Box::new(move || {
+            ctx.query(
+                "referrers-mid",
+                &format!("query --referrers of libmid ({} referrers)", a.libmid_referrers),
+                label,
+                ours_cmd(&ctx.bin, root, &["query", "--referrers", &a.libmid]),
+                nix.map(|n| n.store_cmd(root, &["--query", "--referrers", &a.libmid])),
+                Expect::Lines(a.libmid_referrers),
+                plan.query_runs,
+                Target::Info,
+            )
+        }),
+        Box::new(move || {
+            ctx.query(
+                "path-info-json",
+                &format!("path-info --json -r of the system ({} paths)", a.system_closure),
+                label,
+                ours_cmd(&ctx.bin, root, &["path-info", "--json", "-r", &a.system]),
+                nix.map(|n| n.nix_cmd("path-info", root, &["--json", "-r", &a.system])),
+                Expect::JsonPaths(a.system_closure),
+                plan.query_runs,
+                Target::Ratio(4.0),
+            )
+        }),
+        Box::new(move || {
+            ctx.query(
+                "startup",
+                "start-up + one indexed query: path-info P",
+                label,
+                ours_cmd(&ctx.bin, root, &["path-info", &a.probe]),
+                nix.map(|n| n.nix_cmd("path-info", root, &[&a.probe])),
+                Expect::Same,
+                plan.startup_runs,
+                Target::Under(Duration::from_millis(3)),
+            )
+        }),
+        Box::new(move || {
+            ctx.query(
+                "startup-hash",
+                "start-up + one indexed query: query --hash P",
+                label,
+                ours_cmd(&ctx.bin, root, &["query", "--hash", &a.probe]),
+                nix.map(|n| n.store_cmd(root, &["--query", "--hash", &a.probe])),
+                Expect::Same,
+                plan.startup_runs,
+                Target::Under(Duration::from_millis(3)),
+            )
+        }),
     ]
 }
 
@@ -553,10 +574,13 @@ fn query_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) {
         plan.startup_runs,
         Target::Info,
     ));
-    let big_benches = graph_benches(ctx, &big, &big_label, plan, true);
-    let small_benches = graph_benches(ctx, &small, &small_label, plan, false);
-    for (b, s) in big_benches.iter().zip(&small_benches) {
-        report.flat.push(Flat::new(b, s));
+    let mut big_benches = Vec::new();
+    let mut small_benches = Vec::new();
+    for (b, s) in graph_benches(ctx, &big, &big_label, plan, true).into_iter().zip(graph_benches(ctx, &small, &small_label, plan, false)) {
+        let (b, s) = (b(), s());
+        report.flat.push(Flat::new(&b, &s));
+        big_benches.push(b);
+        small_benches.push(s);
     }
     report.benches.extend(big_benches);
     report.benches.extend(small_benches);
