@@ -368,6 +368,12 @@ impl Store for DaemonStore {
     /// (protocol ≥ 1.31), or only the output path before that.
     fn realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>> {
         self.with(|c| {
+            if c.minor < 27 {
+                // Older daemons do not know the operation (and would drop the
+                // connection); like Nix's client, treat it as "none".
+                tracing::warn!("the nix-daemon (protocol 1.{}) cannot answer realisation queries", c.minor);
+                return Ok(None);
+            }
             write_u64(&mut c.w, OP_QUERY_REALISATION)?;
             write_string(&mut c.w, &id.to_string())?;
             c.w.flush()?;

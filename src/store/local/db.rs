@@ -14,12 +14,6 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::format::{ContentAddress, DrvOutput, Hash, Realisation, StoreDir, StorePath};
 use crate::store::{PathInfo, Result, StoreError};
 
-/// The secondary indexes of `Refs` (a bulk registration rebuilds them).
-const REFS_INDEXES: &str = "
-create index if not exists IndexReferrer on Refs(referrer);
-create index if not exists IndexReference on Refs(reference);
-";
-
 /// The 2.8 schema. `if not exists` everywhere, so it also runs on a database Nix made.
 const SCHEMA: &str = "
 create table if not exists ValidPaths (
@@ -248,6 +242,15 @@ impl Database {
                                 r.id
                             )));
                         }
+                        // As Nix's `isCompatibleWith`: the dependencies must agree too,
+                        // unless one side has none recorded (older Nix wrote none).
+                        let deps = self.realisation(&r.id)?.map(|x| x.dependent).unwrap_or_default();
+                        if !deps.is_empty() && !r.dependent.is_empty() && deps != r.dependent {
+                            return Err(StoreError::Other(format!(
+                                "cannot register the realisation of '{}': this store already has it with other dependencies",
+                                r.id
+                            )));
+                        }
                         let mut all: BTreeSet<String> =
                             sigs.unwrap_or_default().split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
                         all.extend(r.signatures.iter().cloned());
@@ -371,6 +374,12 @@ impl Database {
 
     pub fn is_valid(&self, path: &StorePath) -> Result<bool> {
         Ok(self.id_of(path)?.is_some())
+    }
+
+    /// Validity of each of `paths`, read in one snapshot (one lock, not one per path).
+    pub fn valid_flags(&self, paths: &[&StorePath]) -> Result<Vec<bool>> {
+        let _snap = self.read_snapshot()?;
+        paths.iter().map(|p| self.is_valid(p)).collect()
     }
 
     pub fn references_of_id(&self, id: i64) -> Result<BTreeSet<StorePath>> {
@@ -593,8 +602,8 @@ impl Database {
     }
 
     /// Registers a batch of paths with their references in one transaction, as Nix's
-    /// `registerValidPaths`: insert or update each row, then (re)write each path's
-    /// references; every reference must be valid already or be in the batch, and the
+    /// `registerValidPaths`: insert or update each row, then add each path's references
+    /// (to those it already has, as Nix does); every reference must be valid already or be in the batch, and the
     /// batch must not form a cycle.
     pub fn register(&self, batch: &[Registration]) -> Result<()> {
         // Each reference as the index of its registration in the batch, if it is one:
@@ -619,6 +628,11 @@ impl Database {
         }
         self.conn.execute_batch("pragma foreign_keys = 0").map_err(self.err())?;
         let result = self.in_tx(f);
+        if !self.conn.is_autocommit() {
+            // A commit and rollback that both failed: the pragma cannot change inside a
+            // transaction, and checks must not stay off.
+            let _ = self.conn.execute_batch("rollback");
+        }
         let restored = self.conn.execute_batch("pragma foreign_keys = 1").map_err(self.err());
         let value = result?;
         restored?;
@@ -658,7 +672,8 @@ impl Database {
         // Rows in path order: the unique index on `path` then grows at its end instead of
         // splitting pages all over (a copy-up arrives in hash-map order).
         let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_unstable_by(|&a, &b| batch[a].info.path.cmp(&batch[b].info.path));
+        // Stable: of two registrations of one path, the later still wins (it updates).
+        order.sort_by(|&a, &b| batch[a].info.path.cmp(&batch[b].info.path));
         // Per registration: its row id, and whether the row is new (then it has no
         // references yet and plain inserts suffice).
         let mut ids: Vec<(i64, bool)> = vec![(0, false); batch.len()];
@@ -704,9 +719,19 @@ impl Database {
             // instead of a random b-tree insert per row.
             let new_refs: usize = batch.iter().map(|r| r.info.references.len()).sum();
             let old_refs: i64 = tx.query_row("select coalesce(max(rowid), 0) from Refs", [], |r| r.get(0)).map_err(err)?;
-            let rebuild = new_refs >= 4096 && new_refs as i64 > 2 * old_refs;
-            if rebuild {
-                tx.execute_batch("drop index if exists IndexReferrer; drop index if exists IndexReference;").map_err(err)?;
+            // Only the indexes this database has: recent Nix drops `IndexReferrer` on purpose.
+            let mut rebuilt: Vec<(&str, &str)> = Vec::new();
+            if new_refs >= 4096 && new_refs as i64 > 2 * old_refs {
+                for (name, column) in [("IndexReferrer", "referrer"), ("IndexReference", "reference")] {
+                    let exists = tx
+                        .prepare_cached("select 1 from sqlite_master where type = 'index' and name = ? and tbl_name = 'Refs'")
+                        .and_then(|mut st| st.exists([name]))
+                        .map_err(err)?;
+                    if exists {
+                        tx.execute_batch(&format!("drop index {name}")).map_err(err)?;
+                        rebuilt.push((name, column));
+                    }
+                }
             }
             let mut add_ref = tx.prepare_cached("insert into Refs (referrer, reference) values (?, ?)").map_err(err)?;
             let mut replace_ref = tx.prepare_cached("insert or replace into Refs (referrer, reference) values (?, ?)").map_err(err)?;
@@ -733,8 +758,8 @@ impl Database {
                     }
                 }
             }
-            if rebuild {
-                tx.execute_batch(REFS_INDEXES).map_err(err)?;
+            for (name, column) in rebuilt {
+                tx.execute_batch(&format!("create index {name} on Refs({column})")).map_err(err)?;
             }
         }
         Ok(())
@@ -976,6 +1001,16 @@ mod tests {
     }
 
     #[test]
+    fn a_bulk_registration_does_not_bring_back_an_index_recent_nix_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.conn.execute_batch("drop index IndexReferrer").unwrap();
+        let batch: Vec<Registration> = (0..3000).map(|i| reg(i, &[(i + 1) % 3000, (i + 7) % 3000, i]).clone_acyclic(i)).collect();
+        db.register(&batch).unwrap();
+        assert_eq!(indexes(&db), vec!["IndexReference".to_string(), "sqlite_autoindex_Refs_1".to_string()]);
+    }
+
+    #[test]
     fn a_failed_bulk_registration_leaves_nothing_and_the_indexes_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
@@ -1012,11 +1047,11 @@ mod tests {
     }
 
     #[test]
-    fn registering_again_replaces_the_references_of_existing_rows() {
+    fn registering_again_adds_to_the_references_of_existing_rows() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
         db.register(&[reg(1, &[]), reg(2, &[]), reg(3, &[1])]).unwrap();
-        db.register(&[reg(3, &[1, 2])]).unwrap();
+        db.register(&[reg(3, &[2])]).unwrap();
         assert_eq!(db.path_info(&path(3)).unwrap().unwrap().references, BTreeSet::from([path(1), path(2)]));
     }
 

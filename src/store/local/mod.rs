@@ -241,8 +241,26 @@ impl LocalStore {
     /// transaction, then records the `ca-derivations` schema version as Nix does.
     pub fn register_realisations(&self, batch: &[Realisation]) -> Result<()> {
         self.check_writable()?;
+        self.check_ca_schema()?;
         self.db.register_realisations(batch)?;
         self.note_ca_schema()
+    }
+
+    /// Realisations are written in Nix 2.8's layout (`db/ca-schema` 3); an older layout
+    /// must be migrated by Nix first.
+    pub(crate) fn check_ca_schema(&self) -> Result<()> {
+        let file = self.config.db_dir().join("ca-schema");
+        match fs::read_to_string(&file) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&file)(e)),
+            Ok(v) if v.trim() == db::CA_SCHEMA_VERSION => Ok(()),
+            Ok(v) => Err(StoreError::Other(format!(
+                "'{}' is ca-schema version {}, not {}: open the store once with Nix 2.8 (with ca-derivations enabled) to migrate it",
+                file.display(),
+                v.trim(),
+                db::CA_SCHEMA_VERSION
+            ))),
+        }
     }
 
     /// Writes `db/ca-schema` when the tables exist and the file does not. Written after

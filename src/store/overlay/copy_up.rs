@@ -18,16 +18,37 @@ pub fn register_with_lower_closures(
     wanted: impl IntoIterator<Item = StorePath>,
     batch: Vec<Registration>,
 ) -> Result<usize> {
+    register_with_lower_closures_then(upper, lower, wanted, batch, || Ok(()))
+}
+
+/// As [`register_with_lower_closures`], running `then` in the same transaction after
+/// the registrations (for rows that need them, such as realisations).
+pub fn register_with_lower_closures_then(
+    upper: &LocalStore,
+    lower: &dyn Store,
+    wanted: impl IntoIterator<Item = StorePath>,
+    batch: Vec<Registration>,
+    then: impl FnOnce() -> Result<()>,
+) -> Result<usize> {
     upper.check_writable()?;
-    // The existence checks run inside the write transaction: no lock per query, and no
-    // other writer can add a row between the check and the insert.
-    upper.db().in_register_tx(|| {
-        let mut all = lower_closure_registrations(upper, lower, wanted)?;
-        let copied = all.len();
-        all.extend(batch);
-        if !all.is_empty() {
-            upper.register(&all)?;
+    // The lower store is read before the upper write lock is taken: a daemon lower
+    // answers over a socket, and holding the lock meanwhile would stall every other
+    // writer of the upper database (stock Nix, our GC).
+    let mut regs = lower_closure_registrations(upper, lower, wanted)?;
+    let db = upper.db();
+    db.in_register_tx(|| {
+        // Inside the transaction (no lock per query): skip rows another writer added
+        // since.
+        let paths: Vec<&StorePath> = regs.iter().map(|r| &r.info.path).collect();
+        let present = db.valid_flags(&paths)?;
+        let mut present = present.into_iter();
+        regs.retain(|_| !present.next().unwrap_or(false));
+        let copied = regs.len();
+        regs.extend(batch);
+        if !regs.is_empty() {
+            upper.register(&regs)?;
         }
+        then()?;
         Ok(copied)
     })
 }
@@ -40,22 +61,16 @@ pub fn lower_closure_registrations(
     wanted: impl IntoIterator<Item = StorePath>,
 ) -> Result<Vec<Registration>> {
     let db = upper.db();
-    let mut missing = Vec::new();
-    for p in wanted {
-        if !db.is_valid(&p)? {
-            missing.push(p);
-        }
-    }
+    let wanted: Vec<StorePath> = wanted.into_iter().collect();
+    let present = db.valid_flags(&wanted.iter().collect::<Vec<_>>())?;
+    let missing: Vec<StorePath> = wanted.into_iter().zip(present).filter(|(_, p)| !p).map(|(w, _)| w).collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
     let mut infos = lower.closure(&missing)?;
-    let mut keep = Vec::with_capacity(infos.len());
-    for info in &infos {
-        keep.push(!db.is_valid(&info.path)?);
-    }
-    let mut k = keep.into_iter();
-    infos.retain(|_| k.next().unwrap_or(false));
+    let present = db.valid_flags(&infos.iter().map(|i| &i.path).collect::<Vec<_>>())?;
+    let mut present = present.into_iter();
+    infos.retain(|_| !present.next().unwrap_or(false));
     let drvs: Vec<StorePath> = infos.iter().filter(|i| i.path.is_derivation()).map(|i| i.path.clone()).collect();
     let mut outputs = lower.derivation_outputs_of(&drvs)?.into_iter();
     Ok(infos

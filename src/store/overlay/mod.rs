@@ -264,30 +264,31 @@ impl OverlayStore {
         if self.read_only {
             return Err(StoreError::ReadOnly(self.plan.real.display().to_string()));
         }
+        self.upper.check_ca_schema()?;
+        // What the lower store must supply is found before the write transaction (a
+        // daemon lower may be slow), then written with the batch in one transaction.
         let upper = self.upper.db();
         let mut all: Vec<Realisation> = Vec::new();
-        upper.in_register_tx(|| {
-            let mut known: BTreeSet<DrvOutput> = batch.iter().map(|r| r.id.clone()).collect();
-            let mut queue: Vec<DrvOutput> = batch.iter().flat_map(|r| r.dependent.keys().cloned()).collect();
-            while let Some(id) = queue.pop() {
-                if !known.insert(id.clone()) || upper.realisation(&id)?.is_some() {
-                    continue;
-                }
-                if let Some(r) = self.lower.realisation(&id)? {
-                    queue.extend(r.dependent.keys().cloned());
-                    all.push(r);
-                }
-                // Missing in both: register_realisations names it.
+        let mut known: BTreeSet<DrvOutput> = batch.iter().map(|r| r.id.clone()).collect();
+        let mut queue: Vec<DrvOutput> = batch.iter().flat_map(|r| r.dependent.keys().cloned()).collect();
+        while let Some(id) = queue.pop() {
+            if !known.insert(id.clone()) || upper.realisation(&id)?.is_some() {
+                continue;
             }
-            all.extend(batch.iter().cloned());
-            let wanted: BTreeSet<StorePath> = all.iter().map(|r| r.out_path.clone()).collect();
-            let n = copy_up::register_with_lower_closures(&self.upper, self.lower.as_ref(), wanted, Vec::new())?;
-            if n > 0 {
-                tracing::debug!("copied up the metadata of {n} lower paths for realisations");
+            if let Some(r) = self.lower.realisation(&id)? {
+                queue.extend(r.dependent.keys().cloned());
+                all.push(r);
             }
-            upper.register_realisations(&all)?;
-            Ok(())
+            // Missing in both: register_realisations names it.
+        }
+        all.extend(batch.iter().cloned());
+        let wanted: BTreeSet<StorePath> = all.iter().map(|r| r.out_path.clone()).collect();
+        let n = copy_up::register_with_lower_closures_then(&self.upper, self.lower.as_ref(), wanted, Vec::new(), || {
+            upper.register_realisations(&all).map(|_| ())
         })?;
+        if n > 0 {
+            tracing::debug!("copied up the metadata of {n} lower paths for realisations");
+        }
         self.upper.note_ca_schema()
     }
 }
