@@ -1056,13 +1056,13 @@ mod tests {
     }
 
     impl Registration {
-        /// Drops the references that would close a cycle (to lower indices, but self).
+        /// Keeps only references to itself or to higher indices, so the batch has no cycle.
         fn clone_acyclic(self, i: usize) -> Registration {
             let mut r = self;
             r.info.references.retain(|p| {
                 let s = p.to_string();
                 let n: usize = s.rsplit("-p").next().unwrap().parse().unwrap();
-                n > i || n == i
+                n >= i
             });
             r
         }
