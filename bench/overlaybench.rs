@@ -37,9 +37,11 @@
 //! make disappears when it exits), mounts a tmpfs and OverlayFS.
 
 // The crate root is bench/overlaybench.rs, so its modules are found by path.
-#[allow(dead_code)]
 #[path = "storebench/gen.rs"]
 mod gen;
+#[allow(dead_code)]
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "overlaybench/report.rs"]
 mod report;
 #[path = "overlaybench/run.rs"]

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A command line with its environment additions and where its stdin comes from.
 #[derive(Clone, Debug)]
@@ -113,97 +113,4 @@ fn tail(stderr: &str) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
 }
 
-fn timeval(t: libc::timeval) -> Duration {
-    Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
-}
-
-/// User plus system CPU time of all waited-for children so far.
-fn children_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    timeval(ru.ru_utime) + timeval(ru.ru_stime)
-}
-
-fn own_cpu() -> Duration {
-    // SAFETY: as above.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    timeval(ru.ru_utime) + timeval(ru.ru_stime) + children_cpu()
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Sample {
-    pub wall: Duration,
-    pub cpu: Duration,
-}
-
-/// The timed runs of one command.
-#[derive(Clone, Debug, Default)]
-pub struct Series(pub Vec<Sample>);
-
-pub fn median(mut v: Vec<Duration>) -> Duration {
-    assert!(!v.is_empty(), "no samples");
-    v.sort();
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
-
-impl Series {
-    pub fn median(&self) -> Duration {
-        median(self.0.iter().map(|s| s.wall).collect())
-    }
-    pub fn cpu(&self) -> Duration {
-        median(self.0.iter().map(|s| s.cpu).collect())
-    }
-    pub fn min(&self) -> Duration {
-        self.0.iter().map(|s| s.wall).min().unwrap_or_default()
-    }
-    pub fn max(&self) -> Duration {
-        self.0.iter().map(|s| s.wall).max().unwrap_or_default()
-    }
-    pub fn runs(&self) -> usize {
-        self.0.len()
-    }
-}
-
-/// CPU the rest of the machine used over an interval: all busy time in `/proc/stat`
-/// minus this process's and its children's. Kernel threads working for us (write-back,
-/// RCU callbacks of mass deletions) count as "rest", so a little is always there.
-pub struct CpuMeter {
-    busy: f64,
-    own: Duration,
-    at: Instant,
-}
-
-fn machine_busy_secs() -> f64 {
-    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else { return 0.0 };
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal
-    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    busy as f64 / hz
-}
-
-impl CpuMeter {
-    pub fn start() -> CpuMeter {
-        CpuMeter { busy: machine_busy_secs(), own: own_cpu(), at: Instant::now() }
-    }
-
-    /// Average number of cores kept busy by others since `start`.
-    pub fn other_cores(&self) -> f64 {
-        let wall = self.at.elapsed().as_secs_f64();
-        if wall <= 0.0 {
-            return 0.0;
-        }
-        let busy = machine_busy_secs() - self.busy;
-        let own = own_cpu().saturating_sub(self.own).as_secs_f64();
-        ((busy - own) / wall).max(0.0)
-    }
-}
+pub use crate::measure::{children_cpu, median, CpuMeter, Sample, Samples as Series};

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A command line to run, with its environment additions.
 #[derive(Clone, Debug)]
@@ -84,56 +84,7 @@ fn failure(inv: &Invocation, out: &Output) -> String {
     format!("`{}` failed ({}): {}", inv.display(), out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
 }
 
-/// User plus system CPU time of all waited-for children so far.
-fn children_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// One timed run.
-#[derive(Clone, Copy, Debug)]
-pub struct Sample {
-    pub wall: Duration,
-    pub cpu: Duration,
-}
-
-/// Repeated runs of one command.
-#[derive(Clone, Debug, Default)]
-pub struct Samples(pub Vec<Sample>);
-
-pub fn median_of(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    let n = v.len();
-    assert!(n > 0, "no samples");
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
-
-impl Samples {
-    /// Median wall time.
-    pub fn median(&self) -> Duration {
-        median_of(self.0.iter().map(|s| s.wall).collect())
-    }
-
-    /// Median CPU time.
-    pub fn cpu(&self) -> Duration {
-        median_of(self.0.iter().map(|s| s.cpu).collect())
-    }
-
-    pub fn min(&self) -> Duration {
-        self.0.iter().map(|s| s.wall).min().unwrap_or_default()
-    }
-
-    pub fn max(&self) -> Duration {
-        self.0.iter().map(|s| s.wall).max().unwrap_or_default()
-    }
-}
+pub use crate::measure::{children_cpu, Sample, Samples};
 
 /// Which program a run is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,47 +125,4 @@ pub fn interleaved(
     (o, n)
 }
 
-/// Measures how much CPU the rest of the machine used over an interval: all busy time
-/// in `/proc/stat` minus what this process and its children used. Kernel threads doing
-/// our write-back count as "rest", so a little is always there.
-pub struct CpuMeter {
-    busy: f64,
-    own: Duration,
-    at: Instant,
-}
-
-fn machine_busy_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else { return 0.0 };
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal (guest time is inside user)
-    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    busy as f64 / hz
-}
-
-fn own_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime) + children_cpu()
-}
-
-impl CpuMeter {
-    pub fn start() -> CpuMeter {
-        CpuMeter { busy: machine_busy_secs(), own: own_cpu(), at: Instant::now() }
-    }
-
-    /// Average number of cores the rest of the machine kept busy since `start`.
-    pub fn other_cores(&self) -> f64 {
-        let wall = self.at.elapsed().as_secs_f64();
-        if wall <= 0.0 {
-            return 0.0;
-        }
-        let busy = machine_busy_secs() - self.busy;
-        let own = own_cpu().saturating_sub(self.own).as_secs_f64();
-        ((busy - own) / wall).max(0.0)
-    }
-}
+pub use crate::measure::CpuMeter;
