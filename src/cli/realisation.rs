@@ -12,8 +12,10 @@ use super::{out_err, stdout, CliError, CliResult, Opened};
 
 #[derive(Subcommand, Debug)]
 pub enum RealisationCommand {
-    /// Print the realisations of derivation outputs (`sha256:<hash>!<output>`), one
-    /// `ID PATH` line each, or Nix's JSON list with --json. On an overlay the upper
+    /// Print the realisations of derivation outputs.
+    ///
+    /// IDs are `sha256:<hash modulo>!<output>`, as `nix realisation info` prints them.
+    /// One `ID PATH` line each, or Nix's JSON list with --json. On an overlay the upper
     /// database answers first, then the lower store. Exit 1 naming the ids not found.
     Info {
         #[arg(long)]
@@ -21,11 +23,15 @@ pub enum RealisationCommand {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
-    /// Register realisations read from FILE (or stdin) as `nix realisation info --json`
-    /// prints them (a list or one object), all in one transaction. Their output paths
-    /// must be valid; on an overlay, lower metadata they need (output closures,
-    /// realisations they depend on) is copied up first.
-    Add { file: Option<PathBuf> },
+    /// Register realisations given as `nix realisation info --json` prints them.
+    ///
+    /// Read from FILE or stdin (a list or one object), all in one transaction. Their
+    /// output paths must be valid; on an overlay, lower metadata they need (output
+    /// closures, realisations they depend on) is copied up first.
+    Add {
+        /// JSON file (default: stdin).
+        file: Option<PathBuf>,
+    },
 }
 
 impl RealisationCommand {
