@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const NIX_CONFIG: &str =
-    "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n";
-
 fn config(base: &Path, socket: &Path, real: &Path, extra: &str) -> String {
     write(
         &base.join("store.toml"),

@@ -13,21 +13,20 @@ const CA_NIX_CONFIG: &str = "build-users-group = \nexperimental-features = nix-c
 
 /// Nix with `ca-derivations` on.
 fn nix_ca(scratch: &Scratch, program: &str, args: &[&str]) -> Run {
-    let home = scratch.join("home");
-    fs::create_dir_all(&home).unwrap();
-    let mut c = std::process::Command::new(program);
-    c.args(args).env("NIX_CONFIG", CA_NIX_CONFIG).env("HOME", &home).env("XDG_CACHE_HOME", home.join(".cache")).env_remove("NIX_REMOTE");
-    run_cmd(&mut c, None)
+    nix_with(CA_NIX_CONFIG, scratch, program, args, None)
 }
+
+/// A content-addressed derivation with no inputs.
+const CADEP: &str = r#"derivation { name = "cadep"; system = builtins.currentSystem; builder = "/busybox";
+    args = [ "sh" "-c" "/busybox mkdir $out; echo dep > $out/file" ];
+    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }"#;
 
 /// `cadep` (content-addressed), and `name` depending on it: two realisations, the
 /// second with a dependent realisation.
 fn write_ca_nix(dir: &Path, name: &str) -> String {
     let text = format!(
         r#"let
-  dep = derivation {{ name = "cadep"; system = builtins.currentSystem; builder = "/busybox";
-    args = [ "sh" "-c" "/busybox mkdir $out; echo dep > $out/file" ];
-    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }};
+  dep = {CADEP};
 in derivation {{ name = "{name}"; system = builtins.currentSystem; builder = "/busybox";
     args = [ "sh" "-c" "/busybox mkdir $out; echo ${{dep}} > $out/dep" ];
     __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }}
@@ -114,13 +113,7 @@ fn an_added_realisation_copies_up_what_it_needs_and_stock_nix_reads_it() {
         let lower = base.join("lower");
         let other = base.join("other");
         let expr = write_ca_nix(&base.join("expr"), "catop2");
-        let only_dep = write(
-            &base.join("expr/cadep.nix"),
-            r#"derivation { name = "cadep"; system = builtins.currentSystem; builder = "/busybox";
-    args = [ "sh" "-c" "/busybox mkdir $out; echo dep > $out/file" ];
-    __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }
-"#,
-        );
+        let only_dep = write(&base.join("expr/cadep.nix"), &format!("{CADEP}\n"));
         let dep_out = build(&sc, &lower, &only_dep);
         let top_out = build(&sc, &other, &expr);
         let json = nix_info(&sc, other.to_str().unwrap(), &expr);

@@ -113,13 +113,19 @@ pub trait Store {
 /// Dependencies first over an index graph (`refs[i]`: what `i` refers to), ties broken by
 /// path so the order is stable. Works on indices: no path is cloned or hashed.
 pub fn topo_order(paths: &[StorePath], refs: &[Vec<u32>]) -> std::result::Result<Vec<u32>, u32> {
+    let mut by_path: Vec<u32> = (0..paths.len() as u32).collect();
+    by_path.sort_unstable_by(|&a, &b| paths[a as usize].cmp(&paths[b as usize]));
+    topo_order_by(&by_path, refs)
+}
+
+/// Dependencies first, ties broken by position in `by_tie` (a permutation of the
+/// indices); `Err` names an index on a cycle. Self-references are ignored.
+pub fn topo_order_by(by_tie: &[u32], refs: &[Vec<u32>]) -> std::result::Result<Vec<u32>, u32> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let n = paths.len();
-    let mut by_path: Vec<u32> = (0..n as u32).collect();
-    by_path.sort_unstable_by(|&a, &b| paths[a as usize].cmp(&paths[b as usize]));
+    let n = by_tie.len();
     let mut rank = vec![0u32; n];
-    for (r, &i) in by_path.iter().enumerate() {
+    for (r, &i) in by_tie.iter().enumerate() {
         rank[i as usize] = r as u32;
     }
     let mut pending = vec![0u32; n];
@@ -135,7 +141,7 @@ pub fn topo_order(paths: &[StorePath], refs: &[Vec<u32>]) -> std::result::Result
     let mut ready: BinaryHeap<Reverse<u32>> = (0..n).filter(|&i| pending[i] == 0).map(|i| Reverse(rank[i])).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(Reverse(r)) = ready.pop() {
-        let i = by_path[r as usize];
+        let i = by_tie[r as usize];
         order.push(i);
         for &d in &dependents[i as usize] {
             pending[d as usize] -= 1;

@@ -116,17 +116,19 @@ pub fn ours_in(store: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
 /// `nix-store`/`nix`/`nix-build` with the environment that works here as root without a
 /// daemon; HOME points into the scratch dir so Nix's caches stay inside the test.
 pub fn nix(scratch: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    nix_with(NIX_CONFIG, scratch, program, args, stdin)
+}
+
+/// What `nix` runs Nix with.
+pub const NIX_CONFIG: &str =
+    "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n";
+
+/// `nix` with another `NIX_CONFIG` (for example with more experimental features).
+pub fn nix_with(config: &str, scratch: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
     let home = scratch.join("home");
     fs::create_dir_all(&home).unwrap();
     let mut c = Command::new(program);
-    c.args(args)
-        .env(
-            "NIX_CONFIG",
-            "build-users-group = \nexperimental-features = nix-command\nextra-sandbox-paths = /busybox=/bin/busybox\nsubstituters = \n",
-        )
-        .env("HOME", &home)
-        .env("XDG_CACHE_HOME", home.join(".cache"))
-        .env_remove("NIX_REMOTE");
+    c.args(args).env("NIX_CONFIG", config).env("HOME", &home).env("XDG_CACHE_HOME", home.join(".cache")).env_remove("NIX_REMOTE");
     run_cmd(&mut c, stdin)
 }
 

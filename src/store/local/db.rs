@@ -610,9 +610,9 @@ impl Database {
         // the cycle check and the inserts work on these, nothing cloned or hashed twice.
         let index: HashMap<&StorePath, u32> = batch.iter().enumerate().map(|(i, r)| (&r.info.path, i as u32)).collect();
         let refs: Vec<Vec<Option<u32>>> = batch.iter().map(|r| r.info.references.iter().map(|p| index.get(p).copied()).collect()).collect();
-        if let Some(i) = first_in_cycle(&refs) {
-            return Err(StoreError::Cycle(batch[i as usize].info.path.to_string()));
-        }
+        let in_batch: Vec<Vec<u32>> = refs.iter().map(|r| r.iter().flatten().copied().collect()).collect();
+        let any_order: Vec<u32> = (0..batch.len() as u32).collect();
+        crate::store::topo_order_by(&any_order, &in_batch).map_err(|i| StoreError::Cycle(batch[i as usize].info.path.to_string()))?;
         self.in_register_tx(|| self.register_in_tx(batch, &refs))
     }
 
@@ -790,34 +790,6 @@ impl Database {
         }
         Ok(())
     }
-}
-
-/// A registration on a reference cycle (self-references aside), if any: Kahn's
-/// algorithm on the in-batch references.
-fn first_in_cycle(refs: &[Vec<Option<u32>>]) -> Option<u32> {
-    let n = refs.len();
-    let mut pending = vec![0u32; n];
-    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for (i, rs) in refs.iter().enumerate() {
-        for &r in rs.iter().flatten() {
-            if r as usize != i {
-                pending[i] += 1;
-                dependents[r as usize].push(i as u32);
-            }
-        }
-    }
-    let mut ready: Vec<u32> = (0..n as u32).filter(|&i| pending[i as usize] == 0).collect();
-    let mut done = 0;
-    while let Some(i) = ready.pop() {
-        done += 1;
-        for &d in &dependents[i as usize] {
-            pending[d as usize] -= 1;
-            if pending[d as usize] == 0 {
-                ready.push(d);
-            }
-        }
-    }
-    (done < n).then(|| (0..n as u32).find(|&i| pending[i as usize] > 0).expect("a registration on a cycle"))
 }
 
 /// The WAL file is kept between processes (persistent WAL), and closing the last
