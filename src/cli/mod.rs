@@ -348,7 +348,8 @@ impl Session {
     /// settings. A short query spends a third of its time opening the store otherwise.
     /// A store that does not exist yet is created as usual, as Nix does.
     fn open_to_read(&mut self, spec: &StoreSpec) -> CliResult<&mut Opened> {
-        if spec.kind == StoreKind::Local && !spec.read_only && !spec.immutable {
+        // (A policy on a local spec goes the usual way, which warns that it is unused.)
+        if spec.kind == StoreKind::Local && !spec.read_only && !spec.immutable && spec.policy.is_none() {
             let mut config = LocalConfig::from_spec(spec);
             if config.db_path().exists() && config.db_dir().join("schema").exists() {
                 config.read_only = true;
