@@ -9,7 +9,10 @@ if [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 cargo build --release --quiet
-os() { target/release/overlay-store "$@"; }
+# .cargo/config.toml builds for the host triple explicitly (a static binary), so the
+# binary sits under target/<triple>/release.
+BIN="target/$(rustc -vV | sed -n 's/^host: //p')/release/overlay-store"
+os() { "$BIN" "$@"; }
 CFG=config/default.toml
 LOWER="local?root=$PWD/var/lower"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -57,4 +60,4 @@ os -c "$CFG" stats
 say "verify every path the upper database registers, through the mount"
 os -c "$CFG" verify --check-contents
 
-say "done: the overlay stays mounted; 'target/release/overlay-store -c $CFG umount' unmounts it"
+say "done: the overlay stays mounted; '$BIN -c $CFG umount' unmounts it"

@@ -400,3 +400,43 @@ fn our_temp_roots_show_and_protect() {
     assert!(child.wait().unwrap().success());
     ours(&uri(&dst), &["verify-path", &p]).ok();
 }
+
+/// A one-shot read command opens the database as a lone reader, which never writes the
+/// `-shm` file. Writers in other processes (ours, then Nix's) commit while such a reader
+/// is open; it sees every commit, and the store stays one Nix verifies.
+#[test]
+fn a_lone_reader_sees_commits_from_other_processes() {
+    use overlay_store::store::local::{LocalConfig, LocalStore};
+    use overlay_store::store::Store;
+    if !have_nix() {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.join("store");
+    fs::write(s.join("a"), "a").unwrap();
+    fs::write(s.join("b"), "b").unwrap();
+    fs::write(s.join("c"), "c").unwrap();
+    let first = ours(&uri(&root), &["add", s.join("a").to_str().unwrap()]).ok().out();
+    let config = LocalConfig {
+        store_dir: overlay_store::format::StoreDir::new("/nix/store"),
+        real: root.join("nix/store"),
+        state: root.join("nix/var/nix"),
+        read_only: false,
+        immutable: false,
+        lone_reader: true,
+        create_links_dir: true,
+    };
+    let reader = LocalStore::open(config.clone()).unwrap();
+    let valid = |p: &str| reader.path_info(&reader.store_dir().parse_path(p.trim()).unwrap()).unwrap().is_some();
+    assert!(valid(&first));
+    let second = ours(&uri(&root), &["add", s.join("b").to_str().unwrap()]).ok().out();
+    assert!(valid(&second), "our writer's commit");
+    let third = nix_store(&s, &root, &["--add", s.join("c").to_str().unwrap()]).ok().out();
+    assert!(valid(&third), "Nix's commit");
+    drop(reader);
+    let reader = LocalStore::open(config).unwrap();
+    assert_eq!(reader.db().count_paths().unwrap(), 3);
+    drop(reader);
+    let v = nix_store(&s, &root, &["--verify", "--check-contents"]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+}

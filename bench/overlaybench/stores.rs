@@ -379,6 +379,7 @@ pub fn upper_config(merged_root: &Path) -> LocalConfig {
         state: merged_root.join("nix/var/nix"),
         read_only: false,
         immutable: false,
+        lone_reader: false,
         create_links_dir: false,
     }
 }

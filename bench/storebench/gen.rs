@@ -421,6 +421,7 @@ pub fn local_config(root: &Path) -> LocalConfig {
         state: root.join("nix/var/nix"),
         read_only: false,
         immutable: false,
+        lone_reader: false,
         create_links_dir: true,
     }
 }

@@ -9,11 +9,12 @@ mod query;
 mod realisation;
 mod watch;
 
+use std::ffi::OsString;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
 use overlay_store::format::StorePath;
@@ -27,12 +28,23 @@ use overlay_store::store::local::{LocalConfig, LocalStore};
 use overlay_store::store::overlay::{self, MountError, MountPlan, OpenOptions, OverlayStore};
 use overlay_store::store::{Store, StoreError};
 
+/// A parsed command line: the global options and the subcommand.
+#[derive(Debug)]
+pub struct Cli {
+    global: Global,
+    command: Command,
+}
+
+/// The options every subcommand takes, and the program's own help and version. The
+/// subcommands are added by [`Cli::parse_from`], not by derive, so that a short command
+/// builds only its own.
 #[derive(Parser, Debug)]
 #[command(name = "overlay-store", version, about = "A Nix-compatible local store and local overlay store")]
+#[command(subcommand_required = true, arg_required_else_help = true)]
 #[command(
     after_help = "The store is named by --config FILE (a TOML store spec) or --store URI (a Nix store URI), or the OVERLAY_STORE_CONFIG environment variable.\nExit status: 0 success, 1 the operation failed, 2 usage or configuration error."
 )]
-pub struct Cli {
+struct Global {
     /// TOML store spec to open.
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE", conflicts_with = "store")]
     config: Option<PathBuf>,
@@ -48,8 +60,65 @@ pub struct Cli {
     /// Format of the log on stderr.
     #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
+}
+
+impl Cli {
+    /// Parses a command line. Building the whole command tree (24 subcommands, the five
+    /// global options copied into each) and dropping it again was a third of the
+    /// instructions of a one-path query, so when the first word that is not an option
+    /// names a subcommand, only that subcommand is built. Anything that does not parse
+    /// that way is parsed again against the whole tree, so help and errors (an unknown
+    /// subcommand with suggestions, say) are exactly what the full parser gives.
+    fn parse_from(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+        match Cli::parse_pruned(&args) {
+            Some(Ok(cli)) => Ok(cli),
+            _ => Cli::parse_with(Command::augment_subcommands(Global::command()), args),
+        }
+    }
+
+    /// Parses against a tree holding only the subcommand the command line names; `None`
+    /// when it names none.
+    fn parse_pruned(args: &[OsString]) -> Option<Result<Cli, clap::Error>> {
+        let name = subcommand_word(args).filter(|name| Command::has_subcommand(name))?;
+        let all = Command::augment_subcommands(clap::Command::new("all"));
+        let one = all.find_subcommand(name).cloned();
+        // The process exits soon: freeing the tree is wasted work.
+        std::mem::forget(all);
+        Some(Cli::parse_with(Global::command().subcommand(one?), args.to_vec()))
+    }
+
+    fn parse_with(mut cmd: clap::Command, args: Vec<OsString>) -> Result<Cli, clap::Error> {
+        let parsed = cmd
+            .try_get_matches_from_mut(args)
+            .and_then(|mut m| Ok(Cli { global: Global::from_arg_matches_mut(&mut m)?, command: Command::from_arg_matches_mut(&mut m)? }));
+        let parsed = parsed.map_err(|e| e.format(&mut cmd));
+        std::mem::forget(cmd);
+        parsed
+    }
+}
+
+/// The first word of a command line that is neither an option nor an option's value:
+/// the subcommand, if there is one.
+fn subcommand_word(args: &[OsString]) -> Option<&str> {
+    let mut words = args.iter().skip(1);
+    while let Some(word) = words.next() {
+        let word = word.to_str()?;
+        match word {
+            "--" => return None,
+            "--config" | "--store" | "--log-format" => {
+                words.next();
+            }
+            // A cluster of short flags, `-vc FILE` or `-c FILE`: a trailing `c` takes the next word.
+            _ if word.starts_with('-') && !word.starts_with("--") => {
+                if word.ends_with('c') {
+                    words.next();
+                }
+            }
+            _ if word.starts_with('-') => {}
+            _ => return Some(word),
+        }
+    }
+    None
 }
 
 #[derive(Subcommand, Debug)]
@@ -212,15 +281,15 @@ impl CliError {
 pub type CliResult<T = ()> = Result<T, CliError>;
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_from(std::env::args_os().collect()) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let verbosity = if cli.quiet { -1 } else { cli.verbose.min(2) as i8 };
-    logging::init(cli.log_format, verbosity);
+    let verbosity = if cli.global.quiet { -1 } else { cli.global.verbose.min(2) as i8 };
+    logging::init(cli.global.log_format, verbosity);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Store(StoreError::Io { source, .. })) if source.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -234,9 +303,9 @@ pub fn main() -> ExitCode {
 }
 
 fn load_spec(cli: &Cli) -> CliResult<StoreSpec> {
-    let spec = if let Some(file) = &cli.config {
+    let spec = if let Some(file) = &cli.global.config {
         StoreSpec::from_file(file)?
-    } else if let Some(uri) = &cli.store {
+    } else if let Some(uri) = &cli.global.store {
         StoreSpec::parse_arg(uri)?
     } else if let Some(file) = std::env::var_os("OVERLAY_STORE_CONFIG") {
         StoreSpec::from_file(std::path::Path::new(&file))?
@@ -352,7 +421,7 @@ impl Session {
         if spec.kind == StoreKind::Local && !spec.read_only && !spec.immutable && spec.policy.is_none() {
             let mut config = LocalConfig::from_spec(spec);
             if config.db_path().exists() && config.db_dir().join("schema").exists() {
-                config.read_only = true;
+                config.lone_reader = true;
                 return Ok(self.opened.insert(Opened::Local(LocalStore::open(config)?)));
             }
         }
@@ -545,7 +614,7 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             pivot(store, &spec, &new_spec, dry_run, json)
         }
         Command::Watch => {
-            let file = cli.config.clone().or_else(|| std::env::var_os("OVERLAY_STORE_CONFIG").map(PathBuf::from));
+            let file = cli.global.config.clone().or_else(|| std::env::var_os("OVERLAY_STORE_CONFIG").map(PathBuf::from));
             let Some(file) = file else {
                 return Err(CliError::Usage("watch needs a config file to watch: pass --config FILE".into()));
             };
@@ -728,4 +797,76 @@ fn verify(opened: &mut Opened, check_contents: bool, repair_from: Option<&str>) 
         return Err(CliError::Reported);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<OsString> {
+        std::iter::once("overlay-store").chain(words.iter().copied()).map(OsString::from).collect()
+    }
+
+    fn full_tree() -> clap::Command {
+        Command::augment_subcommands(Global::command())
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        full_tree().debug_assert();
+    }
+
+    #[test]
+    fn subcommand_word_skips_options_and_their_values() {
+        let word = |w: &[&str]| subcommand_word(&argv(w)).map(str::to_string);
+        assert_eq!(word(&["--store", "local?root=/s", "path-info", "p"]).as_deref(), Some("path-info"));
+        assert_eq!(word(&["-c", "gc", "stats"]).as_deref(), Some("stats"));
+        assert_eq!(word(&["-qc", "gc", "stats"]).as_deref(), Some("stats"));
+        assert_eq!(word(&["-vv", "--config=f.toml", "--log-format", "json", "gc"]).as_deref(), Some("gc"));
+        assert_eq!(word(&["-v"]), None);
+        assert_eq!(word(&["--", "gc"]), None);
+    }
+
+    /// Whatever the command line, the pruned parse gives what the whole tree gives.
+    #[test]
+    fn pruned_parse_equals_the_full_parse() {
+        let lines: &[&[&str]] = &[
+            &["--store", "local?root=/s", "path-info", "--json", "-r", "/nix/store/p"],
+            &["path-info", "--store", "local?root=/s", "-S", "/nix/store/p"],
+            &["-qc", "f.toml", "gc", "--dry-run"],
+            &["-vc", "stats", "gc"],
+            &["--log-format", "json", "query", "--requisites", "p"],
+            &["policy", "check", "lua/gc-keep-recent.lua"],
+            &["realisation", "info", "--json", "sha256:00!out"],
+            &["verify", "--check-contents", "--repair", "--repair-from", "/s"],
+        ];
+        for words in lines {
+            let pruned = Cli::parse_pruned(&argv(words)).expect("names a subcommand").unwrap_or_else(|e| panic!("{words:?}: {e}"));
+            let full = Cli::parse_with(full_tree(), argv(words)).unwrap();
+            assert_eq!(format!("{pruned:?}"), format!("{full:?}"), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn errors_and_help_come_from_the_whole_tree() {
+        let lines: &[&[&str]] = &[
+            &["path-infoo", "p"],
+            &["path-info"],
+            &["path-info", "--bogus", "p"],
+            &["--store", "s", "--config", "f", "stats"],
+            &["policy"],
+            &["--help"],
+            &["path-info", "--help"],
+            &["help", "gc"],
+            &[],
+        ];
+        for words in lines {
+            let pruned = Cli::parse_from(argv(words)).expect_err("not a valid command line");
+            let full = Cli::parse_with(full_tree(), argv(words)).unwrap_err();
+            assert_eq!(pruned.kind(), full.kind(), "{words:?}");
+            assert_eq!(pruned.render().to_string(), full.render().to_string(), "{words:?}");
+        }
+        let typo = Cli::parse_from(argv(&["path-infoo", "p"])).unwrap_err().render().to_string();
+        assert!(typo.contains("path-info"), "suggests the subcommand: {typo}");
+    }
 }

@@ -92,8 +92,78 @@ pub enum OpenMode {
     ReadWrite,
     /// Never writes; sees what other writers commit.
     ReadOnly,
+    /// [`OpenMode::ReadOnly`], and never writes the `-shm` file either. Only for a process
+    /// that opens no writer on the same database: SQLite shares one `-shm` handle per
+    /// file within a process, and a writer opened after this reader would find it
+    /// read-only.
+    LoneReader,
     /// Promised never to change (SQLite `immutable=1`): no locking at all.
     Immutable,
+}
+
+/// How [`connect`] opens the file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Connect {
+    ReadWrite,
+    ReadOnly,
+    /// A reader that never writes the `-shm` file (SQLite's `readonly_shm`). The first
+    /// process to open a WAL database's shared memory otherwise truncates it, writes it
+    /// back page by page and rebuilds the WAL index under exclusive locks: a dozen
+    /// syscalls and file-system metadata updates, a tenth of a one-path query. Read-only,
+    /// SQLite instead keeps the index in its own memory when no other process has the
+    /// database open (reading the WAL, normally empty, itself), and uses the shared one
+    /// when another process does.
+    LoneReader,
+    Immutable,
+}
+
+/// Opens a connection and reads the schema, so that a file SQLite cannot read fails here.
+fn connect(path: &Path, how: Connect) -> rusqlite::Result<Connection> {
+    let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match how {
+        Connect::ReadWrite => Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?,
+        Connect::ReadOnly => Connection::open_with_flags(path, read_only)?,
+        Connect::LoneReader => Connection::open_with_flags(sqlite_uri(path, "readonly_shm=1"), read_only | OpenFlags::SQLITE_OPEN_URI)?,
+        Connect::Immutable => Connection::open_with_flags(sqlite_uri(path, "immutable=1"), read_only | OpenFlags::SQLITE_OPEN_URI)?,
+    };
+    conn.busy_timeout(Duration::from_secs(3600))?;
+    // A bigger page cache keeps closure walks over 100k-path stores in memory.
+    // Closure walks fill temp tables: keep them in memory, not in temp files.
+    conn.execute_batch("pragma cache_size = -65536; pragma mmap_size = 1073741824; pragma temp_store = memory;")?;
+    Ok(conn)
+}
+
+fn shm_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-shm");
+    PathBuf::from(p)
+}
+
+/// A `readonly_shm` reader cannot start when the `-shm` file is gone (Nix's last
+/// connection deletes it) or needs a recovery only a writer may run; a plain reader can.
+fn shared_memory_unusable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi;
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.extended_code, ffi::SQLITE_READONLY_RECOVERY | ffi::SQLITE_READONLY_CANTINIT) || f.code == rusqlite::ErrorCode::CannotOpen)
+}
+
+/// `file:` URI of a database file with a query string; `%`, `?` and `#` in the path are
+/// escaped so that they stay part of it.
+fn sqlite_uri(path: &Path, query: &str) -> PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut uri = if path.is_absolute() { b"file://".to_vec() } else { b"file:".to_vec() };
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => uri.extend_from_slice(format!("%{b:02X}").as_bytes()),
+            _ => uri.push(b),
+        }
+    }
+    uri.push(b'?');
+    uri.extend_from_slice(query.as_bytes());
+    PathBuf::from(std::ffi::OsString::from_vec(uri))
 }
 
 pub struct Database {
@@ -116,21 +186,15 @@ impl Database {
     pub fn open(path: &Path, mode: OpenMode, store_dir: &StoreDir, create_schema: bool) -> Result<Database> {
         let db_err = |source| StoreError::Db { path: path.to_path_buf(), source };
         let conn = match mode {
-            OpenMode::ReadWrite => Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            ),
-            OpenMode::ReadOnly => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX),
-            OpenMode::Immutable => Connection::open_with_flags(
-                format!("file:{}?immutable=1", path.display()),
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            ),
+            OpenMode::LoneReader if shm_path(path).exists() => match connect(path, Connect::LoneReader) {
+                Err(e) if shared_memory_unusable(&e) => connect(path, Connect::ReadOnly),
+                r => r,
+            },
+            OpenMode::ReadOnly | OpenMode::LoneReader => connect(path, Connect::ReadOnly),
+            OpenMode::ReadWrite => connect(path, Connect::ReadWrite),
+            OpenMode::Immutable => connect(path, Connect::Immutable),
         }
         .map_err(db_err)?;
-        conn.busy_timeout(Duration::from_secs(3600)).map_err(db_err)?;
-        // A bigger page cache keeps closure walks over 100k-path stores in memory.
-        // Closure walks fill temp tables: keep them in memory, not in temp files.
-        conn.execute_batch("pragma cache_size = -65536; pragma mmap_size = 1073741824; pragma temp_store = memory;").map_err(db_err)?;
         if mode == OpenMode::ReadWrite {
             conn.execute_batch(
                 "pragma foreign_keys = 1;
@@ -1004,6 +1068,57 @@ mod tests {
         assert!(wal.metadata().unwrap().len() > 0, "the registration went through the WAL");
         drop(db);
         assert_eq!(wal.metadata().unwrap().len(), 0, "the closing checkpoint truncates the (persistent) WAL");
+    }
+
+    fn open_reader(dir: &Path) -> Database {
+        Database::open(&dir.join("db.sqlite"), OpenMode::LoneReader, &StoreDir::default(), false).unwrap()
+    }
+
+    #[test]
+    fn a_reader_leaves_the_shared_memory_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).register(&[reg(1, &[])]).unwrap();
+        let shm = dir.path().join("db.sqlite-shm");
+        let before = std::fs::read(&shm).expect("a writer's close leaves the -shm file");
+        let modified = shm.metadata().unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let reader = open_reader(dir.path());
+        assert!(reader.path_info(&path(1)).unwrap().is_some());
+        drop(reader);
+        assert_eq!(shm.metadata().unwrap().modified().unwrap(), modified, "not truncated or rewritten");
+        assert_eq!(std::fs::read(&shm).unwrap(), before);
+    }
+
+    /// (Writers in another process while the reader is open: tests/local_store.rs.)
+    #[test]
+    fn a_lone_reader_shares_the_index_of_a_writer_already_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = open(dir.path());
+        writer.register(&[reg(1, &[])]).unwrap();
+        let reader = open_reader(dir.path());
+        writer.register(&[reg(2, &[1])]).unwrap();
+        assert_eq!(reader.path_info(&path(2)).unwrap().unwrap().references, BTreeSet::from([path(1)]));
+        assert_eq!(reader.count_paths().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_reader_opens_a_database_whose_shared_memory_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).register(&[reg(1, &[])]).unwrap();
+        std::fs::remove_file(dir.path().join("db.sqlite-shm")).unwrap();
+        assert!(open_reader(dir.path()).path_info(&path(1)).unwrap().is_some());
+    }
+
+    #[test]
+    fn database_paths_with_uri_characters_open() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a?b#c%41d");
+        std::fs::create_dir(&dir).unwrap();
+        open(&dir).register(&[reg(1, &[])]).unwrap();
+        assert!(open_reader(&dir).path_info(&path(1)).unwrap().is_some());
+        let immutable = Database::open(&dir.join("db.sqlite"), OpenMode::Immutable, &StoreDir::default(), false).unwrap();
+        assert!(immutable.path_info(&path(1)).unwrap().is_some());
+        assert!(!root.path().join("a").exists(), "nothing created at the path cut at '?'");
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct LocalConfig {
     pub read_only: bool,
     /// The database never changes: SQLite immutable mode (implies read-only).
     pub immutable: bool,
+    /// Read-only, and this process opens no writer on the same database (a one-shot
+    /// read command): the connection then leaves the `-shm` file alone too
+    /// ([`OpenMode::LoneReader`]). Implies read-only.
+    pub lone_reader: bool,
     /// Create `<real>/.links` as Nix does. Off while an overlay's mount point is not
     /// mounted: a directory made there would be hidden by the mount.
     pub create_links_dir: bool,
@@ -66,8 +70,14 @@ impl LocalConfig {
             state: spec.state.clone(),
             read_only: spec.read_only,
             immutable: spec.immutable,
+            lone_reader: false,
             create_links_dir: true,
         }
+    }
+
+    /// Whether the store is opened only to read (read-only, immutable or a lone reader).
+    pub fn never_writes(&self) -> bool {
+        self.read_only || self.immutable || self.lone_reader
     }
 
     pub fn db_dir(&self) -> PathBuf {
@@ -133,7 +143,7 @@ fn read_schema_version(path: &Path) -> Result<Option<u32>> {
 impl LocalStore {
     /// Opens a store, creating its layout first unless it is read-only.
     pub fn open(config: LocalConfig) -> Result<LocalStore> {
-        let read_only = config.read_only || config.immutable;
+        let read_only = config.never_writes();
         if !read_only {
             create_layout(&config)?;
         }
@@ -161,6 +171,8 @@ impl LocalStore {
         }
         let mode = if config.immutable {
             OpenMode::Immutable
+        } else if config.lone_reader {
+            OpenMode::LoneReader
         } else if config.read_only {
             OpenMode::ReadOnly
         } else {
@@ -193,7 +205,7 @@ impl LocalStore {
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
-        if self.config.read_only || self.config.immutable {
+        if self.config.never_writes() {
             return Err(StoreError::ReadOnly(self.config.real.display().to_string()));
         }
         Ok(())
