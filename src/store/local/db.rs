@@ -136,10 +136,26 @@ fn connect(path: &Path, how: Connect) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn shm_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-shm");
-    PathBuf::from(p)
+/// Makes sure the database's `-shm` file exists, as an empty file with the database's
+/// mode and owner if it did not: what SQLite itself creates before the first connection
+/// initialises it. Nix's last connection deletes the file on close, and a `readonly_shm`
+/// reader cannot create it; a plain reader would, then truncate it and write it page by
+/// page, which is what the lone reader avoids.
+fn create_shm_file(db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let meta = std::fs::metadata(db)?;
+    let file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(meta.mode() & 0o777).open(&shm) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if nix::unistd::geteuid().is_root() {
+        // Root's file must stay usable by the database's owner, as SQLite does it.
+        std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
+    }
+    Ok(())
 }
 
 /// A `readonly_shm` reader cannot start when the `-shm` file is gone (Nix's last
@@ -186,7 +202,7 @@ impl Database {
     pub fn open(path: &Path, mode: OpenMode, store_dir: &StoreDir, create_schema: bool) -> Result<Database> {
         let db_err = |source| StoreError::Db { path: path.to_path_buf(), source };
         let conn = match mode {
-            OpenMode::LoneReader if shm_path(path).exists() => match connect(path, Connect::LoneReader) {
+            OpenMode::LoneReader if create_shm_file(path).is_ok() => match connect(path, Connect::LoneReader) {
                 Err(e) if shared_memory_unusable(&e) => connect(path, Connect::ReadOnly),
                 r => r,
             },
@@ -1105,8 +1121,15 @@ mod tests {
     fn a_reader_opens_a_database_whose_shared_memory_file_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         open(dir.path()).register(&[reg(1, &[])]).unwrap();
-        std::fs::remove_file(dir.path().join("db.sqlite-shm")).unwrap();
+        let shm = dir.path().join("db.sqlite-shm");
+        std::fs::remove_file(&shm).unwrap();
+        std::fs::remove_file(dir.path().join("db.sqlite-wal")).unwrap();
         assert!(open_reader(dir.path()).path_info(&path(1)).unwrap().is_some());
+        assert_eq!(shm.metadata().unwrap().len(), 0, "created empty and left so");
+        // A writer initialises it as usual, and readers then share it.
+        let writer = open(dir.path());
+        writer.register(&[reg(2, &[])]).unwrap();
+        assert!(open_reader(dir.path()).path_info(&path(2)).unwrap().is_some());
     }
 
     #[test]
