@@ -64,10 +64,9 @@ pub fn path_info(store: &dyn Store, args: &PathInfoArgs) -> CliResult {
     for a in &args.paths {
         let p = paths::resolve(store, a)?;
         // Not `is_valid`: on an overlay that caches lower metadata upper; a read should not write.
-        if store.path_info(&p)?.is_some() {
-            wanted.push(p);
-        } else {
-            invalid.push(p);
+        match store.path_info(&p)? {
+            Some(info) => wanted.push(info),
+            None => invalid.push(p),
         }
     }
     if !args.json {
@@ -76,20 +75,13 @@ pub fn path_info(store: &dyn Store, args: &PathInfoArgs) -> CliResult {
         }
     }
     let need_closure = args.recursive || args.closure_size;
-    let mut infos: BTreeMap<StorePath, PathInfo> = BTreeMap::new();
     let mut closure_infos = Vec::new();
     if need_closure && !wanted.is_empty() {
-        closure_infos = store.closure(&wanted)?;
+        closure_infos = store.closure(&wanted.iter().map(|i| i.path.clone()).collect::<Vec<_>>())?;
     }
     let sizes = if args.closure_size { closure_sizes(&closure_infos) } else { HashMap::new() };
-    if args.recursive {
-        infos = closure_infos.into_iter().map(|i| (i.path.clone(), i)).collect();
-    } else {
-        for p in &wanted {
-            let i = store.path_info(p)?.ok_or_else(|| CliError::from(StoreError::NotValid(sd.display(p))))?;
-            infos.insert(p.clone(), i);
-        }
-    }
+    let infos: BTreeMap<StorePath, PathInfo> =
+        if args.recursive { closure_infos } else { wanted }.into_iter().map(|i| (i.path.clone(), i)).collect();
     let mut out = stdout();
     if args.json && !std::io::stdout().is_terminal() {
         // Streamed compactly: a closure of 10,000 paths needs no tree of JSON values.
