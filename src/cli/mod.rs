@@ -12,7 +12,6 @@ mod watch;
 use std::ffi::OsString;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -280,24 +279,25 @@ impl CliError {
 
 pub type CliResult<T = ()> = Result<T, CliError>;
 
-pub fn main() -> ExitCode {
+/// Runs the command line; the process's exit status.
+pub fn main() -> u8 {
     let cli = match Cli::parse_from(std::env::args_os().collect()) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return if e.use_stderr() { 2 } else { 0 };
         }
     };
     let verbosity = if cli.global.quiet { -1 } else { cli.global.verbose.min(2) as i8 };
     logging::init(cli.global.log_format, verbosity);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::Store(StoreError::Io { source, .. })) if source.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Ok(()) => 0,
+        Err(CliError::Store(StoreError::Io { source, .. })) if source.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
             if !matches!(e, CliError::Reported) {
                 tracing::error!("{e}");
             }
-            ExitCode::from(e.exit_code())
+            e.exit_code()
         }
     }
 }
