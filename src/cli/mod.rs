@@ -6,6 +6,7 @@ mod logging;
 mod output;
 mod paths;
 mod query;
+mod read;
 mod realisation;
 mod watch;
 
@@ -13,7 +14,7 @@ use std::ffi::OsString;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
 use overlay_store::format::StorePath;
@@ -22,7 +23,7 @@ use overlay_store::spec::{SpecError, StoreKind, StoreSpec};
 use overlay_store::store::local::gc::RealDirRemover;
 use overlay_store::store::local::ingest::{self, IngestTarget};
 use overlay_store::store::local::repair::{self, RepairSource};
-use overlay_store::store::local::verify::{hash_path, modified_message, Fix, Verifier};
+use overlay_store::store::local::verify::{Fix, Verifier};
 use overlay_store::store::local::{LocalConfig, LocalStore};
 use overlay_store::store::overlay::{self, MountError, MountPlan, OpenOptions, OverlayStore};
 use overlay_store::store::{Store, StoreError};
@@ -76,13 +77,18 @@ impl Cli {
     }
 
     /// Parses against a tree holding only the subcommand the command line names; `None`
-    /// when it names none.
+    /// when it names none. Derive builds subcommands a group at a time, so a read
+    /// command builds only the read group (a third of the tree).
     fn parse_pruned(args: &[OsString]) -> Option<Result<Cli, clap::Error>> {
         let name = subcommand_word(args).filter(|name| Command::has_subcommand(name))?;
-        let all = Command::augment_subcommands(clap::Command::new("all"));
-        let one = all.find_subcommand(name).cloned();
+        let group = if read::ReadCommand::has_subcommand(name) {
+            read::ReadCommand::augment_subcommands(clap::Command::new("read"))
+        } else {
+            Command::augment_subcommands(clap::Command::new("all"))
+        };
+        let one = group.find_subcommand(name).cloned();
         // The process exits soon: freeing the tree is wasted work.
-        std::mem::forget(all);
+        std::mem::forget(group);
         Some(Cli::parse_with(Global::command().subcommand(one?), args.to_vec()))
     }
 
@@ -129,19 +135,10 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Write the NAR of a store path (or any file system path) to stdout.
-    Dump { path: String },
+    #[command(flatten)]
+    Read(read::ReadCommand),
     /// Import a `nix-store --export` stream (from FILE or stdin); prints every path in it.
     Import { file: Option<PathBuf> },
-    /// Write a `nix-store --export` stream of the given paths to stdout, dependencies first.
-    Export {
-        #[arg(required = true)]
-        paths: Vec<String>,
-    },
-    /// Show metadata of store paths, as `nix path-info`.
-    PathInfo(PathInfoArgs),
-    /// Query store paths, as `nix-store --query`.
-    Query(query::QueryArgs),
     /// Check that paths are valid, as `nix-store --check-validity`: exit 1 naming the
     /// first invalid one (or print every invalid one with --print-invalid). On an overlay a
     /// lower path's closure is cached in the upper database, as Nix does (a policy's
@@ -152,8 +149,6 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<String>,
     },
-    /// Print the store path whose hash part is HASH; exit 1 if there is none.
-    PathFromHashPart { hash: String },
     /// Check every registered path exists and (with --check-contents) is unmodified.
     Verify {
         #[arg(long)]
@@ -164,11 +159,6 @@ enum Command {
         /// Where good copies come from: a store (root, URI or TOML spec) or an export file.
         #[arg(long = "repair-from", value_name = "SPEC")]
         repair_from: Option<String>,
-    },
-    /// Check the contents of the given paths against their recorded hashes.
-    VerifyPath {
-        #[arg(required = true)]
-        paths: Vec<String>,
     },
     /// Print the Nix store URI equivalent to the configured store spec.
     Uri,
@@ -229,24 +219,6 @@ enum PolicyCommand {
     /// Load a policy in the sandbox, check its hooks, and dry-run each on sample data.
     /// Needs no store; exit 1 with FILE:LINE on a bad policy.
     Check { file: PathBuf },
-}
-
-#[derive(Args, Debug)]
-pub struct PathInfoArgs {
-    /// Print JSON: an object keyed by store path, as current `nix path-info --json`.
-    #[arg(long)]
-    json: bool,
-    /// Apply to the closure of the paths.
-    #[arg(short = 'r', long)]
-    recursive: bool,
-    /// Print the closure size of each path.
-    #[arg(short = 'S', long = "closure-size")]
-    closure_size: bool,
-    /// Print the NAR size of each path.
-    #[arg(short = 's', long = "size")]
-    size: bool,
-    #[arg(required = true)]
-    paths: Vec<String>,
 }
 
 /// A failure, with the exit code it maps to.
@@ -476,6 +448,7 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             println!("{}", spec.to_uri());
             Ok(())
         }
+        Command::Read(cmd) => read::run(cmd, session.open_to_read(&spec)?.store(), &spec),
         Command::Init => {
             match spec.kind {
                 StoreKind::LocalOverlay => overlay::init(&spec)?,
@@ -526,18 +499,6 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             }
             out.flush().map_err(out_err)
         }
-        Command::Dump { path } => {
-            let opened = session.open_to_read(&spec)?;
-            let store = opened.store();
-            let real = match paths::resolve(store, &path) {
-                Ok(sp) => store.real_path(&sp),
-                Err(_) if std::path::Path::new(&path).exists() => PathBuf::from(&path),
-                Err(e) => return Err(e),
-            };
-            let out =
-                overlay_store::format::nar::dump_path(&real, stdout()).map_err(|e| StoreError::Io { path: real.clone(), source: e })?;
-            out.into_inner().map_err(|e| out_err(e.into_error()))?.flush().map_err(out_err)
-        }
         Command::Import { file } => {
             let opened = session.open(&spec)?;
             let mut input: Box<dyn Read> = match &file {
@@ -556,22 +517,6 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
                 writeln!(out, "{}", opened.store().store_dir().display(&p)).map_err(out_err)?;
             }
             out.flush().map_err(out_err)
-        }
-        Command::Export { paths } => {
-            let opened = session.open_to_read(&spec)?;
-            let store = opened.store();
-            let sps = paths.iter().map(|p| paths::resolve(store, p)).collect::<CliResult<Vec<_>>>()?;
-            let mut out = stdout();
-            overlay_store::store::local::export_paths(store, &sps, &mut out)?;
-            out.flush().map_err(out_err)
-        }
-        Command::PathInfo(args) => {
-            let opened = session.open_to_read(&spec)?;
-            output::path_info(opened.store(), &args)
-        }
-        Command::Query(args) => {
-            let opened = session.open_to_read(&spec)?;
-            query::run(opened.store(), &args, &spec)
         }
         Command::CheckValidity { print_invalid, paths } => {
             let opened = session.open(&spec)?;
@@ -592,17 +537,6 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
         Command::Realisation(cmd) => {
             let opened = if cmd.only_reads() { session.open_to_read(&spec)? } else { session.open(&spec)? };
             realisation::run(cmd, opened)
-        }
-        Command::PathFromHashPart { hash } => {
-            let opened = session.open_to_read(&spec)?;
-            let store = opened.store();
-            match store.path_from_hash_part(&hash)? {
-                Some(p) => {
-                    println!("{}", store.store_dir().display(&p));
-                    Ok(())
-                }
-                None => Err(CliError::Failed(format!("there is no store path with hash part '{hash}'"))),
-            }
         }
         Command::Pivot { to, dry_run, json } => {
             let new_spec =
@@ -656,33 +590,6 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             let opened = session.open(&spec)?;
             let from = if repair { repair_from.as_deref() } else { None };
             verify(opened, check_contents, from)
-        }
-        Command::VerifyPath { paths } => {
-            let opened = session.open_to_read(&spec)?;
-            let store = opened.store();
-            let mut bad = false;
-            for p in &paths {
-                let sp = paths::resolve(store, p)?;
-                let sd = store.store_dir().display(&sp);
-                let info = store.path_info(&sp)?.ok_or_else(|| StoreError::NotValid(sd.clone()))?;
-                let real = store.real_path(&sp);
-                match hash_path(&real, info.nar_hash.algo()) {
-                    Ok((h, _)) if h == info.nar_hash => {}
-                    Ok((h, _)) => {
-                        tracing::error!("{}", modified_message(&sd, &info, &h));
-                        bad = true;
-                    }
-                    Err(e) => {
-                        tracing::error!("path '{sd}' cannot be read: {e}");
-                        bad = true;
-                    }
-                }
-            }
-            if bad {
-                Err(CliError::Reported)
-            } else {
-                Ok(())
-            }
         }
     }
 }

@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 use overlay_store::format::StorePath;
 use overlay_store::store::{PathInfo, Store, StoreError};
 
-use super::{out_err, paths, stdout, CliError, CliResult, PathInfoArgs};
+use super::read::PathInfoArgs;
+use super::{out_err, paths, stdout, CliError, CliResult};
 
 /// Closure sizes of every path in `infos` (which must be closed under references),
 /// sharing one in-memory graph.
