@@ -331,11 +331,11 @@ impl Report {
             s,
             "```sh\n\
              cargo bench --bench overlaybench                      # full run (as root; about 5 min plus the build); rewrites BENCHMARKS-overlay.md\n\
-             OVERLAYBENCH_QUICK=1 cargo bench --bench overlaybench # smoke run, small sizes, < 2 min; report in target/release/overlaybench-quick.md\n\
+             OVERLAYBENCH_QUICK=1 cargo bench --bench overlaybench # smoke run, small sizes, < 2 min; report in target/<host triple>/release/overlaybench-quick.md\n\
              OVERLAYBENCH_ONLY=copyup,import cargo bench --bench overlaybench  # some parts only (copyup, import, daemon, lua, gc)\n\
              ```\n\n\
              The bench runs as root in a private mount namespace (`unshare(CLONE_NEWNS)`, `/` made private), builds \
-             `target/release/overlay-store` with `cargo build --release --bin overlay-store`, and puts its stores on a tmpfs it \
+             `target/<host triple>/release/overlay-store` with `cargo build --release --bin overlay-store`, and puts its stores on a tmpfs it \
              mounts itself (or under `$OVERLAYBENCH_DIR`); every mount disappears when it exits. Other knobs: \
              `OVERLAYBENCH_BIN` (the binary to time, skipping the build), `OVERLAYBENCH_OUT` (report file), \
              `OVERLAYBENCH_KEEP=1` (keep the scratch directory; only with `OVERLAYBENCH_DIR`), `OVERLAYBENCH_NO_NIX=1`, \

@@ -367,7 +367,7 @@ impl Report {
         let _ = writeln!(
             s,
             "```sh\ncargo bench --bench storebench                      # full run, about 10 minutes; rewrites BENCHMARKS.md\n\
-             STOREBENCH_QUICK=1 cargo bench --bench storebench   # smoke test, under 2 minutes; writes target/release/storebench-quick.md\n```\n\n\
+             STOREBENCH_QUICK=1 cargo bench --bench storebench   # smoke test, under 2 minutes; writes target/<host triple>/release/storebench-quick.md\n```\n\n\
              `cargo bench` builds `overlay-store` in the bench profile (which is the release profile) and the harness \
              times that binary. Nix is found on `PATH` (`nix-store`, `nix`); without it the Nix columns are n/a. \
              Scratch stores go under `$STOREBENCH_DIR` (default: the system temp dir) and are deleted at the end \
