@@ -37,11 +37,14 @@
 //! make disappears when it exits), mounts a tmpfs and OverlayFS.
 
 // The crate root is bench/overlaybench.rs, so its modules are found by path.
+// Only the graph generator of storebench's: the rest is unused here.
+#[allow(dead_code)]
 #[path = "storebench/gen.rs"]
 mod gen;
-#[allow(dead_code)]
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/nix_tools.rs"]
+mod nix_tools;
 #[path = "overlaybench/report.rs"]
 mod report;
 #[path = "overlaybench/run.rs"]
@@ -68,6 +71,7 @@ use overlay_store::store::local::canonicalise::remove_tree;
 use overlay_store::store::local::LocalStore;
 use overlay_store::store::Store;
 
+use nix_tools::env_flag;
 use report::{dur, Bench, Contender, Report, StoreRow, Target};
 use run::{Cmd, CpuMeter, Series};
 use stores::{GcShape, Object};
@@ -159,10 +163,6 @@ impl Parts {
     }
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
-}
-
 fn log(start: Instant, msg: &str) {
     eprintln!("[{:7.1}s] {msg}", start.elapsed().as_secs_f64());
 }
@@ -247,22 +247,10 @@ struct Nix {
 
 impl Nix {
     fn detect(home: &Path) -> Option<Nix> {
-        if env_flag("OVERLAYBENCH_NO_NIX") {
-            return None;
-        }
-        let find = |name: &str| std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file());
-        let nix_store = find("nix-store")?;
-        let nix_daemon = find("nix-daemon")?;
-        let out = Command::new(&nix_store).arg("--version").output().ok()?;
-        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (nix_store, version) = nix_tools::find_nix_store("OVERLAYBENCH_NO_NIX")?;
+        let nix_daemon = nix_tools::find_program("nix-daemon")?;
         fs::create_dir_all(home).ok()?;
-        let env = vec![
-            ("NIX_CONFIG".into(), "build-users-group = \nexperimental-features = nix-command".into()),
-            ("HOME".into(), home.into()),
-            ("XDG_CACHE_HOME".into(), home.join(".cache").into()),
-            ("NIX_REMOTE".into(), "".into()),
-        ];
-        Some(Nix { nix_store, nix_daemon, version, env })
+        Some(Nix { nix_store, nix_daemon, version, env: nix_tools::environment(home) })
     }
 }
 

@@ -30,6 +30,8 @@
 mod gen;
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/nix_tools.rs"]
+mod nix_tools;
 #[path = "storebench/report.rs"]
 mod report;
 #[path = "storebench/run.rs"]
@@ -46,6 +48,7 @@ use overlay_store::store::local::LocalStore;
 use overlay_store::store::Store;
 
 use gen::{Generated, GraphShape};
+use nix_tools::env_flag;
 use report::{Bench, Flat, Report, Target};
 use run::{interleaved, CpuMeter, Invocation, Side};
 
@@ -148,21 +151,9 @@ struct Nix {
 
 impl Nix {
     fn detect(home: &Path) -> Option<Nix> {
-        if env_flag("STOREBENCH_NO_NIX") {
-            return None;
-        }
-        let find = |name: &str| std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file());
-        let nix_store = find("nix-store")?;
-        let nix = find("nix")?;
-        let version = std::process::Command::new(&nix_store).arg("--version").output().ok()?;
-        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-        let env = vec![
-            ("NIX_CONFIG".into(), "build-users-group = \nexperimental-features = nix-command".into()),
-            ("HOME".into(), home.into()),
-            ("XDG_CACHE_HOME".into(), home.join(".cache").into()),
-            ("NIX_REMOTE".into(), "".into()),
-        ];
-        Some(Nix { nix_store, nix, version, env })
+        let (nix_store, version) = nix_tools::find_nix_store("STOREBENCH_NO_NIX")?;
+        let nix = nix_tools::find_program("nix")?;
+        Some(Nix { nix_store, nix, version, env: nix_tools::environment(home) })
     }
 
     fn with_env(&self, mut inv: Invocation) -> Invocation {
@@ -192,10 +183,6 @@ fn ours_cmd(bin: &Path, root: &Path, args: &[&str]) -> Invocation {
 
 fn log(start: Instant, msg: &str) {
     eprintln!("[{:7.1}s] {msg}", start.elapsed().as_secs_f64());
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// What a query must print, to check both programs answer the same before timing them.

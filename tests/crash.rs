@@ -71,9 +71,7 @@ const DELAYS_MS: [u64; 6] = [1, 4, 9, 16, 30, 60];
 
 #[test]
 fn kill_9_during_add_import_delete_gc_and_optimise() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let st = Setup::new(&base);
         let shared = tree(&base.join("in/shared"), 300, 0);
         ours(&st.lower_uri(), &["add", &shared]).ok();
@@ -141,9 +139,7 @@ fn kill_9_during_add_import_delete_gc_and_optimise() {
 /// finish.
 #[test]
 fn import_and_gc_at_once() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let st = Setup::new(&base);
         ours(&st.lower_uri(), &["init"]).ok();
         ours(&st.cfg, &["mount"]).ok();

@@ -32,9 +32,7 @@ fn a_daemon_lower_store_serves_queries_import_gc_and_verify() {
     if !have_nix() {
         return;
     }
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let sc = Scratch::new();
         let root = base.join("daemon-root");
         let daemon = Daemon::start(&sc, &root, &base.join("daemon.sock"), NIX_CONFIG);

@@ -19,10 +19,8 @@ fn no_whiteouts(dir: &Path) {
 }
 
 fn deleting_a_path_in_both_layers_keeps_the_lower_copy(hook: bool) {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
-        let l = Layers { base: base.clone() };
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
         let hook_log = base.join("hook.log");
         let extra = if hook {
             let script = write(
@@ -84,10 +82,8 @@ fn referenced_paths_are_refused_and_gc_respects_roots() {
     if !have_nix() {
         return;
     }
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
-        let l = Layers { base: base.clone() };
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
         let sc = Scratch::new();
         let other = base.join("other");
         let top = nix_build_default(&sc, &other);
@@ -143,10 +139,8 @@ fn referenced_paths_are_refused_and_gc_respects_roots() {
 
 #[test]
 fn optimise_removes_an_upper_duplicate_of_a_later_lower_path() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
-        let l = Layers { base: base.clone() };
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
         let cfg = l.config_with("");
         ours(&l.lower_uri(), &["init"]).ok();
         ours(&cfg, &["mount"]).ok();
@@ -175,10 +169,8 @@ fn optimise_removes_an_upper_duplicate_of_a_later_lower_path() {
 
 #[test]
 fn verify_checks_copied_up_lower_paths_and_ignores_lower_only_ones() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
-        let l = Layers { base: base.clone() };
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
         let cfg = l.config_with("");
         let known = add(&l.lower_uri(), &write(&base.join("in/known"), "known\n"));
         let unknown = add(&l.lower_uri(), &write(&base.join("in/unknown"), "unknown\n"));
@@ -206,10 +198,8 @@ fn verify_checks_copied_up_lower_paths_and_ignores_lower_only_ones() {
 /// Symlinks in the upper layer pointing out of the store are removed, never followed.
 #[test]
 fn gc_removes_hostile_upper_entries_without_following_them() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
-        let l = Layers { base: base.clone() };
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
         let cfg = l.config_with("");
         let keep_lower = add(&l.lower_uri(), &write(&base.join("in/k"), "k\n"));
         ours(&cfg, &["mount"]).ok();
@@ -232,10 +222,8 @@ fn gc_removes_hostile_upper_entries_without_following_them() {
 /// A GC stops once --max-freed bytes are freed.
 #[test]
 fn max_freed_really_stops() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
-        let l = Layers { base: base.clone() };
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
         let cfg = l.config_with("");
         ours(&l.lower_uri(), &["init"]).ok();
         ours(&cfg, &["mount"]).ok();
@@ -256,10 +244,8 @@ fn max_freed_really_stops() {
 /// from another store, and a removed one from a store root.
 #[test]
 fn repair_restores_modified_and_missing_upper_paths() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
-        let l = Layers { base: base.clone() };
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
         let cfg = l.config_with("");
         ours(&l.lower_uri(), &["init"]).ok();
         ours(&cfg, &["mount"]).ok();

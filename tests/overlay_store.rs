@@ -13,9 +13,7 @@ fn reads_fall_through_and_adds_land_in_the_upper_layer() {
     if !have_nix() {
         return;
     }
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let l = Layers::new(&base);
         // The lower store: built by real Nix (derivers, DerivationOutputs, a self-reference).
         let top = {
@@ -90,9 +88,7 @@ fn a_nix_closure_imports_only_its_new_paths_upper() {
     if !have_nix() {
         return;
     }
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let l = Layers::new(&base);
         let sc = Scratch::new();
         // Lower: hello.txt and `dep` only. Scratch store: the whole `top` closure.
@@ -154,9 +150,7 @@ fn a_nix_closure_imports_only_its_new_paths_upper() {
 
 #[test]
 fn a_path_added_to_the_lower_store_while_mounted_shows_after_a_remount() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let l = Layers::new(&base);
         let cfg = l.config();
         add(&l.lower_uri(), &write(&base.join("in/one"), "one\n"));
@@ -184,9 +178,7 @@ fn a_path_added_to_the_lower_store_while_mounted_shows_after_a_remount() {
 
 #[test]
 fn wrong_mounts_are_reported_for_toml_and_uri() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let l = Layers::new(&base);
         let cfg = l.config();
         add(&l.lower_uri(), &write(&base.join("in/one"), "one\n"));
@@ -261,9 +253,7 @@ fn paths_with_spaces_commas_and_colons() {
 /// lower (local) ← middle overlay ← top overlay: queries answer through both levels.
 #[test]
 fn three_layer_nested_overlay() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let bottom = base.join("bottom");
         let bottom_uri = format!("local?root={}", bottom.display());
         let a = add(&bottom_uri, &write(&base.join("in/a"), "a\n"));

@@ -56,9 +56,7 @@ fn shipped(name: &str) -> String {
 
 #[test]
 fn default_policy_behaves_as_no_policy() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         for policy in [None, Some(shipped("default.lua"))] {
             let dir = base.join(if policy.is_some() { "with" } else { "without" });
             let (st, cfg) = Setup::new(&dir, policy.as_deref());
@@ -78,9 +76,7 @@ fn default_policy_behaves_as_no_policy() {
 
 #[test]
 fn keep_recent_keeps_paths_registered_lately() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let (st, cfg) = Setup::new(&base, Some(&shipped("keep-recent.lua")));
         let old = st.add(&cfg, "old", "old\n");
         let new = st.add(&cfg, "new", "new\n");
@@ -97,9 +93,7 @@ fn keep_recent_keeps_paths_registered_lately() {
 
 #[test]
 fn keep_patterns_keeps_matching_names() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let (st, cfg) = Setup::new(&base, Some(&shipped("keep-patterns.lua")));
         let gcc = st.add(&cfg, "gcc-13.2", "compiler\n");
         st.add(&cfg, "junk", "junk\n");
@@ -113,9 +107,7 @@ fn keep_patterns_keeps_matching_names() {
 
 #[test]
 fn gc_budget_deletes_oldest_first_up_to_the_budget() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let policy = shipped("gc-budget.lua").replace("local BUDGET_BYTES = 512 * 1024 * 1024", "local BUDGET_BYTES = 150000");
         let (st, cfg) = Setup::new(&base, Some(&policy));
         let mut paths = Vec::new();
@@ -134,9 +126,7 @@ fn gc_budget_deletes_oldest_first_up_to_the_budget() {
 
 #[test]
 fn lazy_copy_up_never_caches_on_queries_but_keeps_closures_complete() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let (st, cfg) = Setup::new(&base, Some(&shipped("lazy-copy-up.lua")));
         let l = ours(&st.lower_uri(), &["add", &write(&base.join("in/l"), "l\n")]).ok().out().trim().to_string();
         assert_eq!(st.add(&cfg, "l", "l\n"), l);
@@ -149,9 +139,7 @@ fn lazy_copy_up_never_caches_on_queries_but_keeps_closures_complete() {
 
 #[test]
 fn remount_command_remounts_through_the_policy() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let (st, cfg) = Setup::new(&base, Some(&shipped("remount-command.lua")));
         let p = st.add(&cfg, "both", "both\n");
         ours(&st.lower_uri(), &["add", &base.join("in/both").to_string_lossy()]).ok();
@@ -164,9 +152,7 @@ fn remount_command_remounts_through_the_policy() {
 
 #[test]
 fn a_policy_cannot_delete_a_live_path_or_anything_outside_the_candidates() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         // Deletes every candidate, and names a rooted path and a lower path on top.
         let policy = "return { gc = function(c)\n  local out = {}\n  for _, x in ipairs(c) do out[#out + 1] = x.path end\n  out[#out + 1] = 'ROOTED'\n  out[#out + 1] = 'LOWER'\n  return out\nend }\n";
         let (st, cfg) = Setup::new(&base, Some("return {}"));
@@ -188,9 +174,7 @@ fn a_policy_cannot_delete_a_live_path_or_anything_outside_the_candidates() {
 /// GC (whose outcome changed) exits 1.
 #[test]
 fn failing_hooks_fall_back_to_safe_defaults() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let (st, cfg) = Setup::new(&base, None);
         let cases = [
             ("return { gc = function(c)\n  error('boom')\nend }\n", "bad.lua:2: boom"),

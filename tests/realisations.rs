@@ -65,9 +65,7 @@ fn realisations_nix_wrote_read_the_same_locally_and_through_an_overlay() {
     if !have_nix() {
         return;
     }
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let sc = Scratch::new();
         let lower = base.join("lower");
         let expr = write_ca_nix(&base.join("expr"), "catop");
@@ -104,9 +102,7 @@ fn an_added_realisation_copies_up_what_it_needs_and_stock_nix_reads_it() {
     if !have_nix() {
         return;
     }
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let sc = Scratch::new();
         // The lower store has `cadep` (and its realisation); another store builds
         // `catop2` on the same `cadep`.
@@ -173,9 +169,7 @@ fn a_daemon_lower_store_answers_realisations() {
     if !have_nix() {
         return;
     }
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let sc = Scratch::new();
         let root = base.join("daemon-store");
         let expr = write_ca_nix(&base.join("expr"), "catop");

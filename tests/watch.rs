@@ -91,9 +91,7 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn watch_reloads_good_edits_and_survives_bad_ones() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let cfg_path = base.join("store.toml");
         write(&base.join("policy.lua"), KEEP_NAMED_KEEP);
         let cfg = write(&cfg_path, &config_text("upper", ""));
@@ -148,9 +146,7 @@ fn watch_reloads_good_edits_and_survives_bad_ones() {
 
 #[test]
 fn changing_the_upper_layer_remounts_and_waits_for_a_running_gc() {
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let cfg_path = base.join("store.toml");
         write(&base.join("policy.lua"), KEEP_NAMED_KEEP);
         let cfg = write(&cfg_path, &config_text("upper", "").replace("gc-interval-secs = 1\n", ""));
@@ -219,9 +215,7 @@ fn pivot_to_a_newer_lower_store() {
     if !have_nix() {
         return;
     }
-    let s = Scratch::new();
-    let base = s.path().to_path_buf();
-    with_private_mounts(s.path(), move || {
+    with_private_scratch(move |base| {
         let sc = Scratch::new();
         let expr = write(&base.join("expr/default.nix"), EXPR);
         let expr = PathBuf::from(expr);

@@ -224,6 +224,13 @@ pub fn with_private_mounts(dir: &Path, f: impl FnOnce() + Send + 'static) -> boo
     true
 }
 
+/// [`with_private_mounts`] on a fresh scratch directory, which `f` gets as its argument.
+pub fn with_private_scratch(f: impl FnOnce(PathBuf) + Send + 'static) -> bool {
+    let s = Scratch::new();
+    let base = s.path().to_path_buf();
+    with_private_mounts(s.path(), move || f(base))
+}
+
 /// Writes a file and returns its path as a string.
 pub fn write(path: &Path, text: &str) -> String {
     if let Some(p) = path.parent() {
