@@ -11,7 +11,7 @@ fi
 cargo build --release --quiet
 # .cargo/config.toml builds for the host triple explicitly (a static binary), so the
 # binary sits under target/<triple>/release.
-BIN="target/$(rustc -vV | sed -n 's/^host: //p')/release/overlay-store"
+BIN="target/$(cargo -vV | sed -n 's/^host: //p')/release/overlay-store"
 os() { "$BIN" "$@"; }
 CFG=config/default.toml
 LOWER="local?root=$PWD/var/lower"

@@ -53,7 +53,9 @@ impl Subscriber for NixStyle {
     }
 
     fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
+        // Unused, but live spans must have distinct ids (the filter keys its state by id).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Id::from_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     fn record(&self, _: &Id, _: &Record<'_>) {}
@@ -92,6 +94,10 @@ struct Fields<'a> {
 
 impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // Records of the `log` crate (from notify, say) carry their metadata as fields.
+        if field.name().starts_with("log.") {
+            return;
+        }
         if self.line.len() > self.start {
             self.line.push(' ');
         }
@@ -134,6 +140,8 @@ mod tests {
             tracing::warn!("path '{}' is not valid", "/nix/store/x");
             tracing::error!(code = 2, "bad spec");
             tracing::debug!(target: "overlay_store::spec", file = %"a b.toml", "reading store spec");
+            // What the `log` bridge makes of a record of the `log` crate.
+            tracing::info!(log.target = "notify::inotify", log.line = 7, "watching /etc");
         });
         assert_eq!(
             *lines.lock().unwrap(),
@@ -142,6 +150,7 @@ mod tests {
                 "warning: path '/nix/store/x' is not valid\n",
                 "error: bad spec code=2\n",
                 "debug: overlay_store::spec: reading store spec file=a b.toml\n",
+                "watching /etc\n",
             ]
         );
     }

@@ -1,7 +1,7 @@
 //! The commands that only read the store. They are a group of their own because they
 //! share how the store is opened (`Session::open_to_read`: an existing local store as a
-//! lone reader) and because a one-path query is over in about a millisecond, so the
-//! parser builds only this group's subcommands when one of them is named.
+//! lone reader) and because a one-path query is over in one or two milliseconds, so
+//! the parser builds only this group's subcommands when one of them is named.
 
 use std::io::Write;
 use std::path::PathBuf;

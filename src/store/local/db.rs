@@ -136,23 +136,44 @@ fn connect(path: &Path, how: Connect) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Makes sure the database's `-shm` file exists, as an empty file with the database's
+/// Makes sure a WAL database's `-shm` file exists, as an empty file with the database's
 /// mode and owner if it did not: what SQLite itself creates before the first connection
 /// initialises it. Nix's last connection deletes the file on close, and a `readonly_shm`
 /// reader cannot create it; a plain reader would, then truncate it and write it page by
-/// page, which is what the lone reader avoids.
+/// page, which is what the lone reader avoids. A database in rollback-journal mode uses
+/// no `-shm` file and gets none.
 fn create_shm_file(db: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let mut shm = db.as_os_str().to_owned();
     shm.push("-shm");
-    let meta = std::fs::metadata(db)?;
-    let file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(meta.mode() & 0o777).open(&shm) {
+    match std::fs::symlink_metadata(&shm) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    // SQLite puts the file beside a symlinked database's target; leave that case to it.
+    if std::fs::symlink_metadata(db)?.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mut db_file = std::fs::File::open(db)?;
+    let mut header = [0u8; 20];
+    db_file.read_exact(&mut header)?;
+    // File format versions (bytes 18 and 19) of 2: WAL mode.
+    if header[18] != 2 {
+        return Ok(());
+    }
+    let meta = db_file.metadata()?;
+    let mode = meta.mode() & 0o777;
+    let file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&shm) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     };
+    // The database's mode whatever the umask, and root's file owned by the database's
+    // owner so that it stays usable to them: as SQLite creates it.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     if nix::unistd::geteuid().is_root() {
-        // Root's file must stay usable by the database's owner, as SQLite does it.
         std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
     }
     Ok(())
@@ -160,6 +181,8 @@ fn create_shm_file(db: &Path) -> std::io::Result<()> {
 
 /// A `readonly_shm` reader cannot start when the `-shm` file is gone (Nix's last
 /// connection deletes it) or needs a recovery only a writer may run; a plain reader can.
+/// (Only at open: the same can happen, rarely, between the transactions of a long read,
+/// which then fails with SQLite's error; a lone reader is for one-shot commands.)
 fn shared_memory_unusable(e: &rusqlite::Error) -> bool {
     use rusqlite::ffi;
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
@@ -1130,6 +1153,20 @@ mod tests {
         let writer = open(dir.path());
         writer.register(&[reg(2, &[])]).unwrap();
         assert!(open_reader(dir.path()).path_info(&path(2)).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_reader_of_a_rollback_journal_database_creates_no_shared_memory_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.register(&[reg(1, &[])]).unwrap();
+        db.conn.query_row("pragma journal_mode = delete", [], |_| Ok(())).unwrap();
+        drop(db);
+        for leftover in ["db.sqlite-shm", "db.sqlite-wal"] {
+            let _ = std::fs::remove_file(dir.path().join(leftover));
+        }
+        assert!(open_reader(dir.path()).path_info(&path(1)).unwrap().is_some());
+        assert!(!dir.path().join("db.sqlite-shm").exists());
     }
 
     #[test]
