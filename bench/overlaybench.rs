@@ -41,6 +41,8 @@
 #[allow(dead_code)]
 #[path = "storebench/gen.rs"]
 mod gen;
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "common/measure.rs"]
 mod measure;
 #[path = "common/nix_tools.rs"]
@@ -885,42 +887,16 @@ fn build_binary(manifest: &Path) -> PathBuf {
     bin
 }
 
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
-}
-
 fn machine_facts(repo: &Path, scratch: &Scratch, nix: Option<&Nix>, date: &str) -> Vec<(String, String)> {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
-        .unwrap_or_default();
-    let mem_kib: u64 = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
-        .unwrap_or(0);
-    let commit = command_line("git", &["-C", &repo.to_string_lossy(), "rev-parse", "--short", "HEAD"]);
-    let dirty =
-        !command_line("git", &["-C", &repo.to_string_lossy(), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"]).is_empty();
-    vec![
-        ("CPU".into(), cpu),
-        ("cores (nproc)".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string()),
-        ("memory".into(), format!("{:.1} GiB", mem_kib as f64 / 1048576.0)),
-        ("kernel".into(), fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()),
-        (
-            "scratch file system".into(),
-            if scratch.tmpfs {
-                "tmpfs (mounted by the bench in its own mount namespace)".into()
-            } else {
-                format!("{} (OVERLAYBENCH_DIR)", scratch.dir.display())
-            },
-        ),
-        ("rustc".into(), command_line("rustc", &["--version"])),
-        ("overlay-store".into(), format!("commit {commit}{}, release profile", if dirty { " + uncommitted changes in src/" } else { "" })),
-        ("Nix".into(), nix.map_or("not found".into(), |n| n.version.clone())),
-        ("date".into(), date.into()),
-    ]
+    let scratch = if scratch.tmpfs {
+        "tmpfs (mounted by the bench in its own mount namespace)".into()
+    } else {
+        format!("{} (OVERLAYBENCH_DIR)", scratch.dir.display())
+    };
+    let mut facts = machine::facts(scratch, repo);
+    facts.push(("Nix".into(), nix.map_or("not found".into(), |n| n.version.clone())));
+    facts.push(("date".into(), date.into()));
+    facts
 }
 
 /// Other benchmarks and builds running now (they would disturb the timings).
@@ -999,7 +975,7 @@ fn main() {
             out_path.display()
         ),
     );
-    let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let date = machine::sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
     let disturbed = other_benchmarks();
     if !disturbed.is_empty() {
         log(start, &format!("warning: other benchmarks or builds are running: {}", disturbed.join(", ")));

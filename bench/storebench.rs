@@ -28,6 +28,8 @@
 // The crate root is bench/storebench.rs, so its modules live beside it unless told.
 #[path = "storebench/gen.rs"]
 mod gen;
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "common/measure.rs"]
 mod measure;
 #[path = "common/nix_tools.rs"]

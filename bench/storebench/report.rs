@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::gen::Generated;
+use crate::machine::sh;
 use crate::run::Samples;
 
 /// Everything after this line of an existing report is kept on rewrite.
@@ -122,64 +122,9 @@ pub fn dur(d: Duration) -> String {
     }
 }
 
-fn sh(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// A DAMON scheme that pages out idle memory (page cache included) makes "warm cache"
-/// last only so long; worth knowing when reading I/O numbers.
-fn damon_pageout() -> Option<String> {
-    let k = "/sys/kernel/mm/damon/admin/kdamonds/0";
-    if read(&format!("{k}/state")).trim() != "on" {
-        return None;
-    }
-    let c = format!("{k}/contexts/0");
-    if read(&format!("{c}/schemes/0/action")).trim() != "pageout" {
-        return None;
-    }
-    let aggr_us: f64 = read(&format!("{c}/monitoring_attrs/intervals/aggr_us")).trim().parse().ok()?;
-    let age: f64 = read(&format!("{c}/schemes/0/access_pattern/age/min")).trim().parse().ok()?;
-    Some(format!("DAMON pages out memory idle for about {:.0} s or more (page cache too)", aggr_us * age / 1e6))
-}
-
-fn machine(scratch: &Path, manifest: &Path) -> Vec<(&'static str, String)> {
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
-    let mem_kb: u64 = read("/proc/meminfo")
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    let flags = read("/proc/cpuinfo");
-    let sha_ni = flags.lines().find(|l| l.starts_with("flags")).is_some_and(|l| l.split_whitespace().any(|f| f == "sha_ni"));
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+fn machine(scratch: &Path, manifest: &Path) -> Vec<(String, String)> {
     let fs = sh("stat", &["-f", "-c", "%T", &scratch.to_string_lossy()]).unwrap_or_else(|| "?".into());
-    let commit = sh("git", &["-C", &manifest.to_string_lossy(), "rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty =
-        sh("git", &["-C", &manifest.to_string_lossy(), "status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    let mut facts = vec![
-        ("CPU", format!("{cpu}{}", if sha_ni { " (SHA-NI)" } else { "" })),
-        ("cores (nproc)", nproc.to_string()),
-        ("memory", format!("{:.1} GiB", mem_kb as f64 / (1024.0 * 1024.0))),
-        ("kernel", read("/proc/sys/kernel/osrelease").trim().to_string()),
-        ("scratch file system", format!("{fs} ({})", scratch.parent().unwrap_or(scratch).display())),
-        ("rustc", sh("rustc", &["--version"]).unwrap_or_else(|| "?".into())),
-        ("overlay-store", format!("commit {commit}{}, release profile", if dirty { " + uncommitted changes" } else { "" })),
-    ];
-    if let Some(d) = damon_pageout() {
-        facts.push(("memory reclaim", d));
-    }
-    facts
+    crate::machine::facts(format!("{fs} ({})", scratch.parent().unwrap_or(scratch).display()), manifest)
 }
 
 impl Report {
