@@ -181,8 +181,11 @@ fn create_shm_file(db: &Path) -> std::io::Result<()> {
 
 /// A `readonly_shm` reader cannot start when the `-shm` file is gone (Nix's last
 /// connection deletes it) or needs a recovery only a writer may run; a plain reader can.
-/// (Only at open: the same can happen, rarely, between the transactions of a long read,
-/// which then fails with SQLite's error; a lone reader is for one-shot commands.)
+/// (Only at open. The `-shm` file cannot go while this connection is open: no other
+/// process can then close the database as its last user. A recovery can, rarely, become
+/// necessary between the transactions of a long read, if a writer crashes while another
+/// process has the database open; that read then fails with SQLite's error. A lone
+/// reader is for one-shot commands.)
 fn shared_memory_unusable(e: &rusqlite::Error) -> bool {
     use rusqlite::ffi;
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
