@@ -92,7 +92,13 @@ pub enum OpenMode {
     ReadWrite,
     /// Never writes; sees what other writers commit.
     ReadOnly,
-    /// [`OpenMode::ReadOnly`], and never writes the `-shm` file either. Only for a process
+    /// [`OpenMode::ReadOnly`], and never writes the `-shm` file either (SQLite's
+    /// `readonly_shm`). The first process to open a WAL database's shared memory
+    /// otherwise truncates it, writes it back page by page and rebuilds the WAL index
+    /// under exclusive locks: a dozen syscalls and file-system metadata updates, a tenth
+    /// of a one-path query. Read-only, SQLite instead keeps the index in its own memory
+    /// when no other process has the database open (reading the WAL, normally empty,
+    /// itself), and uses the shared one when another process does. Only for a process
     /// that opens no writer on the same database: SQLite shares one `-shm` handle per
     /// file within a process, and a writer opened after this reader would find it
     /// read-only.
@@ -101,33 +107,17 @@ pub enum OpenMode {
     Immutable,
 }
 
-/// How [`connect`] opens the file.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Connect {
-    ReadWrite,
-    ReadOnly,
-    /// A reader that never writes the `-shm` file (SQLite's `readonly_shm`). The first
-    /// process to open a WAL database's shared memory otherwise truncates it, writes it
-    /// back page by page and rebuilds the WAL index under exclusive locks: a dozen
-    /// syscalls and file-system metadata updates, a tenth of a one-path query. Read-only,
-    /// SQLite instead keeps the index in its own memory when no other process has the
-    /// database open (reading the WAL, normally empty, itself), and uses the shared one
-    /// when another process does.
-    LoneReader,
-    Immutable,
-}
-
 /// Opens a connection and reads the schema, so that a file SQLite cannot read fails here.
-fn connect(path: &Path, how: Connect) -> rusqlite::Result<Connection> {
+fn connect(path: &Path, mode: OpenMode) -> rusqlite::Result<Connection> {
     let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = match how {
-        Connect::ReadWrite => Connection::open_with_flags(
+    let conn = match mode {
+        OpenMode::ReadWrite => Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?,
-        Connect::ReadOnly => Connection::open_with_flags(path, read_only)?,
-        Connect::LoneReader => Connection::open_with_flags(sqlite_uri(path, "readonly_shm=1"), read_only | OpenFlags::SQLITE_OPEN_URI)?,
-        Connect::Immutable => Connection::open_with_flags(sqlite_uri(path, "immutable=1"), read_only | OpenFlags::SQLITE_OPEN_URI)?,
+        OpenMode::ReadOnly => Connection::open_with_flags(path, read_only)?,
+        OpenMode::LoneReader => Connection::open_with_flags(sqlite_uri(path, "readonly_shm=1"), read_only | OpenFlags::SQLITE_OPEN_URI)?,
+        OpenMode::Immutable => Connection::open_with_flags(sqlite_uri(path, "immutable=1"), read_only | OpenFlags::SQLITE_OPEN_URI)?,
     };
     conn.busy_timeout(Duration::from_secs(3600))?;
     // A bigger page cache keeps closure walks over 100k-path stores in memory.
@@ -228,13 +218,12 @@ impl Database {
     pub fn open(path: &Path, mode: OpenMode, store_dir: &StoreDir, create_schema: bool) -> Result<Database> {
         let db_err = |source| StoreError::Db { path: path.to_path_buf(), source };
         let conn = match mode {
-            OpenMode::LoneReader if create_shm_file(path).is_ok() => match connect(path, Connect::LoneReader) {
-                Err(e) if shared_memory_unusable(&e) => connect(path, Connect::ReadOnly),
+            OpenMode::LoneReader if create_shm_file(path).is_ok() => match connect(path, mode) {
+                Err(e) if shared_memory_unusable(&e) => connect(path, OpenMode::ReadOnly),
                 r => r,
             },
-            OpenMode::ReadOnly | OpenMode::LoneReader => connect(path, Connect::ReadOnly),
-            OpenMode::ReadWrite => connect(path, Connect::ReadWrite),
-            OpenMode::Immutable => connect(path, Connect::Immutable),
+            OpenMode::LoneReader => connect(path, OpenMode::ReadOnly),
+            _ => connect(path, mode),
         }
         .map_err(db_err)?;
         if mode == OpenMode::ReadWrite {
