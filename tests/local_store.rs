@@ -417,15 +417,8 @@ fn a_lone_reader_sees_commits_from_other_processes() {
     fs::write(s.join("b"), "b").unwrap();
     fs::write(s.join("c"), "c").unwrap();
     let first = ours(&uri(&root), &["add", s.join("a").to_str().unwrap()]).ok().out();
-    let config = LocalConfig {
-        store_dir: overlay_store::format::StoreDir::new("/nix/store"),
-        real: root.join("nix/store"),
-        state: root.join("nix/var/nix"),
-        read_only: false,
-        immutable: false,
-        lone_reader: true,
-        create_links_dir: true,
-    };
+    let spec = overlay_store::spec::StoreSpec::parse_arg(&uri(&root)).unwrap();
+    let config = LocalConfig { lone_reader: true, ..LocalConfig::from_spec(&spec) };
     let reader = LocalStore::open(config.clone()).unwrap();
     let valid = |p: &str| reader.path_info(&reader.store_dir().parse_path(p.trim()).unwrap()).unwrap().is_some();
     assert!(valid(&first));
