@@ -5,7 +5,6 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,17 +41,17 @@ fn a_daemon_lower_store_serves_queries_import_gc_and_verify() {
             &base.join("expr/dep.nix"),
             "derivation {\n  name = \"dep\"; system = builtins.currentSystem; builder = \"/busybox\";\n  args = [ \"sh\" \"-c\" \"/busybox mkdir $out && echo dep > $out/file\" ];\n}\n",
         );
-        let dep = nix(&sc, "nix-build", &["--store", &daemon.uri(), &dep_nix, "--no-out-link"], None).ok().out().trim().to_string();
+        let dep = daemon.nix(&sc, "nix-build", &[&dep_nix, "--no-out-link"]).ok().out().trim().to_string();
         let cfg = config(&base, &daemon.socket, &root.join("nix/store"), "");
         ours(&cfg, &["mount"]).ok();
         ours(&cfg, &["check-mount"]).ok();
         // Fall-through queries agree with Nix asking the daemon.
-        let lower_paths = nix(&sc, "nix-store", &["--store", &daemon.uri(), "-qR", &dep], None).ok().lines();
-        let drv = nix(&sc, "nix-store", &["--store", &daemon.uri(), "-q", "--deriver", &dep], None).ok().out().trim().to_string();
+        let lower_paths = daemon.nix(&sc, "nix-store", &["-qR", &dep]).ok().lines();
+        let drv = daemon.nix(&sc, "nix-store", &["-q", "--deriver", &dep]).ok().out().trim().to_string();
         for p in lower_paths.iter().chain([&drv]) {
             for flag in ["--references", "--referrers", "--deriver", "--hash", "--size", "--requisites"] {
                 let ours_v = sorted(ours(&cfg, &["query", flag, p]).ok().lines());
-                let nix_v = sorted(nix(&sc, "nix-store", &["--store", &daemon.uri(), "-q", flag, p], None).ok().lines());
+                let nix_v = sorted(daemon.nix(&sc, "nix-store", &["-q", flag, p]).ok().lines());
                 assert_eq!(ours_v, nix_v, "{flag} {p}");
             }
         }
@@ -83,7 +82,7 @@ fn a_daemon_lower_store_serves_queries_import_gc_and_verify() {
         ours(&cfg, &["gc"]).ok();
         assert!(listing(&base.join("upper")).into_iter().all(|n| n == ".links"));
         ours(&cfg, &["verify-path", &dep]).ok();
-        let lv = nix(&sc, "nix-store", &["--store", &daemon.uri(), "--verify", "--check-contents"], None);
+        let lv = daemon.nix(&sc, "nix-store", &["--verify", "--check-contents"]);
         assert_eq!(lv.code, 0, "{}", lv.stderr);
         // The daemon goes away: a clear error, and the upper store is intact once it is back.
         drop(daemon);
@@ -98,7 +97,7 @@ fn a_daemon_lower_store_serves_queries_import_gc_and_verify() {
 
 /// A fake daemon: completes the handshake, then behaves badly on the first request.
 fn fake_daemon(socket: &Path, behaviour: &'static str) -> std::thread::JoinHandle<()> {
-    let listener = UnixListener::bind(socket).unwrap();
+    let listener = overlay_store::store::fs::socket::bind(socket).unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming().take(4) {
             let Ok(mut c) = conn else { return };

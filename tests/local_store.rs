@@ -433,3 +433,20 @@ fn a_lone_reader_sees_commits_from_other_processes() {
     let v = nix_store(&s, &root, &["--verify", "--check-contents"]);
     assert_eq!(v.code, 0, "{}", v.stderr);
 }
+
+/// State directories deeper than a Unix socket address (`sun_path`, 108 bytes): GC and
+/// delete take the GC lock and serve `<state>/gc-socket/socket`.
+#[test]
+fn gc_and_delete_work_under_deep_state_directories() {
+    let s = Scratch::new();
+    let root = s.join(&format!("{}/{} ü", "d".repeat(70), "e".repeat(70)));
+    assert!(root.join("nix/var/nix/gc-socket/socket").as_os_str().len() > 108);
+    let store = uri(&root);
+    let a = add(&store, &write(&s.join("in/a"), "a\n"));
+    let b = add(&store, &write(&s.join("in/b"), "b\n"));
+    ours(&store, &["delete", &a]).ok();
+    let gc = ours(&store, &["gc"]).ok();
+    assert!(gc.out().starts_with("1 store paths deleted"), "{}", gc.out());
+    assert!(!root.join("nix/store").join(base_of(&b)).exists());
+    assert!(root.join("nix/var/nix/gc-socket/socket").exists());
+}

@@ -170,7 +170,8 @@ fn changing_the_upper_layer_remounts_and_waits_for_a_running_gc() {
         let new_upper = base.join("upper2");
         // This thread's own mount namespace (not the process's main thread's).
         let info = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
-        assert!(info.contains(&format!("upperdir={}", new_upper.display())), "{info}");
+        let escaped = new_upper.display().to_string().replace(' ', "\\040");
+        assert!(info.contains(&format!("upperdir={escaped}")), "{info}");
         ours(&cfg, &["verify-path", &l]).ok();
         // Extra mount options remount too.
         save_by_rename(

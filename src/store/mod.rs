@@ -4,6 +4,7 @@
 //! type adds its own mutating operations.
 
 pub mod daemon;
+pub mod fs;
 pub mod local;
 pub mod overlay;
 

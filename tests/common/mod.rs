@@ -125,10 +125,22 @@ pub const NIX_CONFIG: &str =
 
 /// `nix` with another `NIX_CONFIG` (for example with more experimental features).
 pub fn nix_with(config: &str, scratch: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    nix_env(config, scratch, program, args, stdin, &[])
+}
+
+fn nix_env(
+    config: &str,
+    scratch: &Scratch,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Run {
     let home = scratch.join("home");
     fs::create_dir_all(&home).unwrap();
     let mut c = Command::new(program);
     c.args(args).env("NIX_CONFIG", config).env("HOME", &home).env("XDG_CACHE_HOME", home.join(".cache")).env_remove("NIX_REMOTE");
+    c.envs(env.iter().copied());
     run_cmd(&mut c, stdin)
 }
 
@@ -283,8 +295,13 @@ impl Daemon {
         Daemon { child, socket: socket.to_path_buf() }
     }
 
-    pub fn uri(&self) -> String {
-        format!("unix://{}", self.socket.display())
+    /// Runs a Nix client against this daemon. Nix 2.8 cannot parse a `unix://` URI
+    /// whose path has a space, so the socket is named the way Nix documents for that:
+    /// `--store daemon` with `NIX_DAEMON_SOCKET_PATH`.
+    pub fn nix(&self, scratch: &Scratch, program: &str, args: &[&str]) -> Run {
+        let mut a = vec!["--store", "daemon"];
+        a.extend_from_slice(args);
+        nix_env(NIX_CONFIG, scratch, program, &a, None, &[("NIX_DAEMON_SOCKET_PATH", self.socket.as_os_str())])
     }
 }
 

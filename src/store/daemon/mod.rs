@@ -82,7 +82,7 @@ struct Connection {
 
 impl Connection {
     fn open(socket: &Path, timeout: Duration) -> std::result::Result<Connection, Failure> {
-        let s = UnixStream::connect(socket)?;
+        let s = crate::store::fs::socket::connect(socket)?;
         s.set_read_timeout(Some(timeout))?;
         s.set_write_timeout(Some(timeout))?;
         let mut c = Connection { r: BufReader::new(s.try_clone()?), w: BufWriter::new(s), minor: 0 };

@@ -21,7 +21,6 @@ use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -187,7 +186,7 @@ impl SocketServer {
         let path = gc_socket_path(state);
         fs::create_dir_all(path.parent().expect("has a parent"))?;
         let _ = fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
+        let listener = crate::store::fs::socket::bind(&path)?;
         listener.set_nonblocking(true)?;
         let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));

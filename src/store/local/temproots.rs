@@ -79,7 +79,7 @@ impl TempRoots {
             }
             // A GC is running: tell it directly.
             if self.socket.is_none() {
-                match UnixStream::connect(gc_socket_path(&self.state)) {
+                match crate::store::fs::socket::connect(&gc_socket_path(&self.state)) {
                     Ok(s) => {
                         s.set_read_timeout(Some(Duration::from_secs(3600)))?;
                         self.socket = Some(s);
