@@ -53,6 +53,16 @@ fn info_of(store: &dyn Store, p: &StorePath) -> CliResult<PathInfo> {
     store.path_info(p)?.ok_or_else(|| StoreError::NotValid(store.store_dir().display(p)).into())
 }
 
+/// A set in the order `nix-store -q` prints its lists: dependencies first, over the
+/// references inside the set ([`topo_sort`]).
+fn nix_order(store: &dyn Store, set: BTreeSet<StorePath>) -> CliResult<Vec<StorePath>> {
+    let mut infos = Vec::with_capacity(set.len());
+    for p in &set {
+        infos.push(info_of(store, p)?);
+    }
+    Ok(topo_sort(infos)?.into_iter().map(|i| i.path).collect())
+}
+
 /// Closure under referrers, breadth first.
 fn referrers_closure(store: &dyn Store, roots: &[StorePath]) -> CliResult<BTreeSet<StorePath>> {
     let mut seen: BTreeSet<StorePath> = roots.iter().cloned().collect();
@@ -109,28 +119,25 @@ pub fn run(store: &dyn Store, args: &QueryArgs, spec: &StoreSpec) -> CliResult {
         for p in &paths {
             info_of(store, p)?;
         }
-        let set = referrers_closure(store, &paths)?;
-        let mut infos = Vec::new();
-        for p in &set {
-            infos.push(info_of(store, p)?);
+        for p in nix_order(store, referrers_closure(store, &paths)?)? {
+            line(&sd.display(&p))?;
         }
-        // Restrict references to the set so the sort sees only edges inside it.
-        for i in &mut infos {
-            i.references.retain(|r| set.contains(r));
-        }
-        for info in topo_sort(infos)? {
-            line(&sd.display(&info.path))?;
-        }
-    } else if args.references || args.referrers || args.valid_derivers {
+    } else if args.references || args.referrers {
         let mut all = BTreeSet::new();
         for p in &paths {
             if args.references {
                 all.extend(info_of(store, p)?.references);
-            } else if args.referrers {
-                all.extend(store.referrers(p)?);
             } else {
-                all.extend(store.valid_derivers(p)?);
+                all.extend(store.referrers(p)?);
             }
+        }
+        for p in nix_order(store, all)? {
+            line(&sd.display(&p))?;
+        }
+    } else if args.valid_derivers {
+        let mut all = BTreeSet::new();
+        for p in &paths {
+            all.extend(store.valid_derivers(p)?);
         }
         for p in all {
             line(&sd.display(&p))?;

@@ -7,6 +7,9 @@ pub mod daemon;
 pub mod fs;
 pub mod local;
 pub mod overlay;
+pub mod topo;
+
+pub use topo::topo_sort;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -111,85 +114,3 @@ pub trait Store {
     }
 }
 
-/// Dependencies first over an index graph (`refs[i]`: what `i` refers to), ties broken by
-/// path so the order is stable. Works on indices: no path is cloned or hashed.
-pub fn topo_order(paths: &[StorePath], refs: &[Vec<u32>]) -> std::result::Result<Vec<u32>, u32> {
-    let mut by_path: Vec<u32> = (0..paths.len() as u32).collect();
-    by_path.sort_unstable_by(|&a, &b| paths[a as usize].cmp(&paths[b as usize]));
-    topo_order_by(&by_path, refs)
-}
-
-/// Dependencies first, ties broken by position in `by_tie` (a permutation of the
-/// indices); `Err` names an index on a cycle. Self-references are ignored.
-pub fn topo_order_by(by_tie: &[u32], refs: &[Vec<u32>]) -> std::result::Result<Vec<u32>, u32> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    let n = by_tie.len();
-    let mut rank = vec![0u32; n];
-    for (r, &i) in by_tie.iter().enumerate() {
-        rank[i as usize] = r as u32;
-    }
-    let mut pending = vec![0u32; n];
-    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for (i, rs) in refs.iter().enumerate() {
-        for &r in rs {
-            if r as usize != i {
-                pending[i] += 1;
-                dependents[r as usize].push(i as u32);
-            }
-        }
-    }
-    let mut ready: BinaryHeap<Reverse<u32>> = (0..n).filter(|&i| pending[i] == 0).map(|i| Reverse(rank[i])).collect();
-    let mut order = Vec::with_capacity(n);
-    while let Some(Reverse(r)) = ready.pop() {
-        let i = by_tie[r as usize];
-        order.push(i);
-        for &d in &dependents[i as usize] {
-            pending[d as usize] -= 1;
-            if pending[d as usize] == 0 {
-                ready.push(Reverse(rank[d as usize]));
-            }
-        }
-    }
-    if order.len() != n {
-        return Err((0..n as u32).find(|&i| pending[i as usize] > 0).expect("a path in a cycle"));
-    }
-    Ok(order)
-}
-
-/// Orders infos so that every path comes after its references (dependencies first);
-/// ties broken by path, so the order is stable. Self-references are ignored.
-pub fn topo_sort(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>> {
-    let index: BTreeMap<StorePath, usize> = infos.iter().enumerate().map(|(i, p)| (p.path.clone(), i)).collect();
-    let mut pending: Vec<usize> = vec![0; infos.len()];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); infos.len()];
-    for (i, info) in infos.iter().enumerate() {
-        for r in &info.references {
-            if r == &info.path {
-                continue;
-            }
-            if let Some(&j) = index.get(r) {
-                pending[i] += 1;
-                dependents[j].push(i);
-            }
-        }
-    }
-    let mut ready: BTreeSet<(StorePath, usize)> =
-        (0..infos.len()).filter(|&i| pending[i] == 0).map(|i| (infos[i].path.clone(), i)).collect();
-    let mut order = Vec::with_capacity(infos.len());
-    while let Some((_, i)) = ready.pop_first() {
-        order.push(i);
-        for &d in &dependents[i] {
-            pending[d] -= 1;
-            if pending[d] == 0 {
-                ready.insert((infos[d].path.clone(), d));
-            }
-        }
-    }
-    if order.len() != infos.len() {
-        let stuck = (0..infos.len()).find(|&i| pending[i] > 0).expect("some path is in a cycle");
-        return Err(StoreError::Cycle(infos[stuck].path.to_string()));
-    }
-    let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
-    Ok(order.into_iter().map(|i| slots[i].take().expect("each index once")).collect())
-}

@@ -706,8 +706,7 @@ impl Database {
         let index: HashMap<&StorePath, u32> = batch.iter().enumerate().map(|(i, r)| (&r.info.path, i as u32)).collect();
         let refs: Vec<Vec<Option<u32>>> = batch.iter().map(|r| r.info.references.iter().map(|p| index.get(p).copied()).collect()).collect();
         let in_batch: Vec<Vec<u32>> = refs.iter().map(|r| r.iter().flatten().copied().collect()).collect();
-        let any_order: Vec<u32> = (0..batch.len() as u32).collect();
-        crate::store::topo_order_by(&any_order, &in_batch).map_err(|i| StoreError::Cycle(batch[i as usize].info.path.to_string()))?;
+        crate::store::topo::check_acyclic(&in_batch).map_err(|i| StoreError::Cycle(batch[i as usize].info.path.to_string()))?;
         self.in_register_tx(|| self.register_in_tx(batch, &refs))
     }
 

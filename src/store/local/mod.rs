@@ -308,6 +308,7 @@ pub fn export_paths<W: Write>(store: &dyn Store, paths: &[StorePath], out: &mut 
     for p in paths {
         infos.push(store.path_info(p)?.ok_or_else(|| StoreError::NotValid(sd.display(p)))?);
     }
+    infos.sort_by(|a, b| a.path.cmp(&b.path));
     infos.dedup_by(|a, b| a.path == b.path);
     for info in topo_sort(infos)? {
         let real = store.real_path(&info.path);
@@ -406,7 +407,7 @@ impl Store for LocalStore {
         if let Some(m) = missing.first() {
             return Err(StoreError::NotValid(self.config.store_dir.display(m)));
         }
-        let order = crate::store::topo_order(&paths, &refs).map_err(|i| StoreError::Cycle(paths[i as usize].to_string()))?;
+        let order = crate::store::topo::topo_order(&paths, &refs).map_err(|i| StoreError::Cycle(paths[i as usize].to_string()))?;
         let mut slots: Vec<Option<StorePath>> = paths.into_iter().map(Some).collect();
         Ok(order.into_iter().map(|i| slots[i as usize].take().expect("each once")).collect())
     }
