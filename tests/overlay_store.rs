@@ -284,3 +284,43 @@ fn three_layer_nested_overlay() {
         assert!(uri.contains("lower-store=local-overlay"), "{uri}");
     });
 }
+
+/// Every command that only reads checks the mount too: a wrongly mounted overlay must
+/// not answer from the wrong layers, whatever the command, TOML or URI.
+#[test]
+fn read_commands_refuse_a_wrongly_mounted_overlay() {
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
+        let cfg = l.config();
+        let one = add(&l.lower_uri(), &write(&base.join("in/one"), "one\n"));
+        ours(&cfg, &["mount"]).ok();
+        ours(&cfg, &["query", "--hash", &one]).ok();
+        nix::mount::umount(&l.real()).unwrap();
+        let uri = format!("local-overlay://?root={}&lower-store={}&upper-layer={}", l.merged_root().display(), l.lower().display(), l.upper().display());
+        let hash = base_of(&one)[..32].to_string();
+        let reads: Vec<Vec<&str>> = vec![
+            vec!["query", "--hash", &one],
+            vec!["query", "--requisites", &one],
+            vec!["path-info", "--json", &one],
+            vec!["path-from-hash-part", &hash],
+            vec!["dump", &one],
+            vec!["export", &one],
+            vec!["verify-path", &one],
+        ];
+        let other = base.join("other");
+        fs::create_dir_all(&other).unwrap();
+        for (what, lower, upper, work) in
+            [("wrong lower", other.clone(), l.upper(), base.join("work")), ("wrong upper", l.lower_real(), base.join("up2"), base.join("work2"))]
+        {
+            mount_overlay(&lower, &upper, &work, &l.real());
+            for store in [&cfg, &uri] {
+                for args in &reads {
+                    let r = ours(store, args);
+                    assert_eq!(r.code, 1, "{what}: {args:?} answered on {store}: {}", r.stdout.len());
+                    assert!(r.stderr.contains("mounted incorrectly"), "{what}: {args:?}: {}", r.stderr);
+                }
+            }
+            nix::mount::umount(&l.real()).unwrap();
+        }
+    });
+}
