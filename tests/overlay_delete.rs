@@ -282,3 +282,85 @@ fn repair_restores_modified_and_missing_upper_paths() {
         assert!(r.stderr.contains("cannot repair path"), "{}", r.stderr);
     });
 }
+
+/// A copied-up lower path whose lower copy was corrupted is repaired into the upper
+/// layer (a directory and a file, from an export file and from a store), visible
+/// through the mount, and the next verify is clean. The lower store is not written.
+#[test]
+fn repair_of_a_copied_up_lower_path_lands_in_the_upper_layer() {
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
+        let cfg = l.config_with("");
+        let d = base.join("in/tree");
+        write(&d.join("a"), "a\n");
+        write(&d.join("sub/b"), "b\n");
+        let tree = add(&l.lower_uri(), d.to_str().unwrap());
+        let file = add(&l.lower_uri(), &write(&base.join("in/f"), "f\n"));
+        let backup = base.join("backup.export");
+        fs::write(&backup, ours(&l.lower_uri(), &["export", &tree, &file]).ok().stdout).unwrap();
+        let good = format!("local?root={}", base.join("good").display());
+        add(&good, d.to_str().unwrap());
+        add(&good, &base.join("in/f").to_string_lossy());
+        ours(&cfg, &["mount"]).ok();
+        // Adding the same contents copies the rows up.
+        add(&cfg, d.to_str().unwrap());
+        add(&cfg, &base.join("in/f").to_string_lossy());
+        let corrupt = || {
+            Command::new("chmod").args(["-R", "u+w"]).arg(l.lower_real()).status().unwrap();
+            fs::write(l.lower_real().join(base_of(&tree)).join("sub/b"), "evil\n").unwrap();
+            write(&l.lower_real().join(base_of(&tree)).join("extra"), "extra\n");
+            fs::write(l.lower_real().join(base_of(&file)), "evil\n").unwrap();
+            ours(&cfg, &["remount"]).ok();
+            let r = ours(&cfg, &["verify", "--check-contents"]);
+            assert_eq!(r.code, 1, "{}", r.stderr);
+        };
+        for source in [backup.to_str().unwrap().to_string(), good.clone()] {
+            corrupt();
+            let r = ours(&cfg, &["verify", "--check-contents", "--repair", "--repair-from", &source]);
+            assert_eq!(r.code, 0, "repair from {source}: {}", r.stderr);
+            assert!(r.stderr.contains(&format!("repaired path '{tree}'")), "{}", r.stderr);
+            ours(&cfg, &["verify", "--check-contents"]).ok();
+            assert!(l.upper().join(base_of(&tree)).join("sub/b").exists());
+            assert_eq!(fs::read_to_string(l.real().join(base_of(&tree)).join("sub/b")).unwrap(), "b\n");
+            assert!(!l.real().join(base_of(&tree)).join("extra").exists(), "the broken lower copy's extra file shows through");
+            assert_eq!(fs::read_to_string(l.real().join(base_of(&file))).unwrap(), "f\n");
+            assert_eq!(fs::read_to_string(l.lower_real().join(base_of(&file))).unwrap(), "evil\n", "the lower store was written");
+            // Undo the repair for the next round: the upper copies go, the lower shows.
+            Command::new("rm").arg("-rf").arg(l.upper().join(base_of(&tree))).arg(l.upper().join(base_of(&file))).status().unwrap();
+            for p in [&tree, &file] {
+                fs::remove_dir_all(l.lower_real().join(base_of(p))).or_else(|_| fs::remove_file(l.lower_real().join(base_of(p)))).unwrap();
+            }
+            Command::new("cp").arg("-a").arg(base.join("good/nix/store").join(base_of(&tree))).arg(l.lower_real()).status().unwrap();
+            Command::new("cp").arg("-a").arg(base.join("good/nix/store").join(base_of(&file))).arg(l.lower_real()).status().unwrap();
+            ours(&cfg, &["remount"]).ok();
+            ours(&cfg, &["verify", "--check-contents"]).ok();
+        }
+    });
+}
+
+/// Verify on an overlay that is not mounted changes nothing, with or without
+/// check-mount; an unreadable path is reported, never forgotten.
+#[test]
+fn verify_never_forgets_rows_of_an_unmounted_overlay() {
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
+        let cfg = l.config_with("");
+        ours(&l.lower_uri(), &["init"]).ok();
+        ours(&cfg, &["mount"]).ok();
+        let p = add(&cfg, &write(&base.join("in/new"), "new\n"));
+        let db = l.state().join("db/db.sqlite");
+        ours(&cfg, &["umount"]).ok();
+        let before = fs::read(&db).unwrap();
+        let r = ours(&cfg, &["verify"]);
+        assert_eq!(r.code, 1);
+        let unchecked = l.config_with("check-mount = false");
+        let r = ours(&unchecked, &["verify", "--check-contents"]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains("is not mounted: verify forgot nothing"), "{}", r.stderr);
+        assert!(!r.stderr.contains("removing from database"), "{}", r.stderr);
+        assert_eq!(fs::read(&db).unwrap(), before, "the upper database changed");
+        ours(&cfg, &["mount"]).ok();
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+        ours(&cfg, &["query", "--hash", &p]).ok();
+    });
+}

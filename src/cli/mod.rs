@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
-use overlay_store::format::StorePath;
 use overlay_store::policy::LuaPolicy;
 use overlay_store::spec::{SpecError, StoreKind, StoreSpec};
 use overlay_store::store::local::gc::RealDirRemover;
@@ -661,13 +660,15 @@ fn verify(opened: &mut Opened, check_contents: bool, repair_from: Option<&str>) 
             let report = match opened {
                 Opened::Local(s) => {
                     let remover = RealDirRemover { real: s.config().real.clone() };
-                    repair::repair(s, &remover, &|_| false, &src, &broken)?
+                    repair::repair(s, &remover, None, &src, &broken)?
                 }
                 Opened::Overlay(o) => {
                     let remover = o.remover();
                     let lower_real = o.plan().lowerdir.clone();
-                    let in_lower = |p: &StorePath| std::fs::symlink_metadata(lower_real.join(p.basename())).is_ok();
-                    let r = repair::repair(o.upper(), &remover, &in_lower, &src, &broken)?;
+                    let upper_layer = o.upper_layer().to_path_buf();
+                    let note_bypass = || remover.note_bypass();
+                    let lower = repair::LowerLayer { lower_real: &lower_real, upper_layer: &upper_layer, note_bypass: &note_bypass };
+                    let r = repair::repair(o.upper(), &remover, Some(&lower), &src, &broken)?;
                     if r.bypassed_mount {
                         o.remount("repair")?;
                     }
@@ -683,6 +684,21 @@ fn verify(opened: &mut Opened, check_contents: bool, repair_from: Option<&str>) 
             }
         }
     }
+    // On an overlay that is not mounted every path looks gone (check-mount = false, or
+    // an umount racing us): forgetting them would empty the upper database. Nix would.
+    let merged = match opened {
+        Opened::Overlay(o) => Some(o.plan().real.clone()),
+        Opened::Local(_) => None,
+    };
+    let not_mounted = |real: &std::path::Path| {
+        CliError::Failed(format!(
+            "overlay filesystem '{}' is not mounted: verify forgot nothing (mount it with `overlay-store mount`, then verify again)",
+            real.display()
+        ))
+    };
+    if let Some(real) = merged.as_deref().filter(|r| !overlay::mount::is_overlayfs(r)) {
+        return Err(not_mounted(real));
+    }
     let store = opened.registry();
     let infos = store.db().all_infos()?;
     let links = store.config().real.join(".links");
@@ -690,6 +706,9 @@ fn verify(opened: &mut Opened, check_contents: bool, repair_from: Option<&str>) 
     let (report, fixes) = Verifier { store: &*store, check_contents, notice: &mut notice }.run(infos, Some(&links))?;
     let forget: Vec<_> = fixes.iter().filter_map(|f| if let Fix::Forget(p) = f { Some(p.clone()) } else { None }).collect();
     if !forget.is_empty() {
+        if let Some(real) = merged.as_deref().filter(|r| !overlay::mount::is_overlayfs(r)) {
+            return Err(not_mounted(real));
+        }
         store.db_mut().delete_paths(&forget)?;
     }
     for f in &fixes {

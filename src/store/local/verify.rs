@@ -75,11 +75,23 @@ impl Verifier<'_> {
         let mut present = Vec::new();
         for info in order {
             let real = self.store.real_path(&info.path);
-            if fs::symlink_metadata(&real).is_ok() {
-                present.push(info);
-                continue;
-            }
             let shown = sd.display(&info.path);
+            match fs::symlink_metadata(&real) {
+                Ok(_) => {
+                    present.push(info);
+                    continue;
+                }
+                // Only "no such file" means the path disappeared. EACCES, EIO or a dead
+                // mount's ENOTCONN say nothing about the path: report, change nothing.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    let m = format!("cannot check path '{shown}': {e}");
+                    (self.notice)(&m);
+                    report.messages.push(m);
+                    report.errors += 1;
+                    continue;
+                }
+                Err(_) => {}
+            }
             let referrers = self.store.referrers(&info.path)?;
             let live_referrers = referrers.iter().any(|r| r != &info.path && !forgotten.contains(r));
             if live_referrers {
@@ -153,5 +165,49 @@ impl Verifier<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::StoreDir;
+    use crate::store::local::{ingest, LocalConfig, LocalStore};
+
+    /// A store whose directory fails with ELOOP (it was swapped for a symlink loop after
+    /// the open): every path is reported, none is forgotten.
+    #[test]
+    fn only_enoent_means_disappeared() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LocalConfig {
+            store_dir: StoreDir::new("/nix/store"),
+            real: dir.path().join("store"),
+            state: dir.path().join("state"),
+            read_only: false,
+            immutable: false,
+            lone_reader: false,
+            create_links_dir: true,
+        };
+        let mut store = LocalStore::open(config.clone()).unwrap();
+        std::fs::write(dir.path().join("a"), "a\n").unwrap();
+        let p = ingest::add_path(&mut store, &dir.path().join("a")).unwrap();
+        std::fs::rename(&config.real, dir.path().join("away")).unwrap();
+        std::os::unix::fs::symlink(&config.real, &config.real).unwrap();
+        let infos = store.db().all_infos().unwrap();
+        let mut seen = Vec::new();
+        let mut notice = |m: &str| seen.push(m.to_string());
+        let (report, fixes) = Verifier { store: &store, check_contents: false, notice: &mut notice }.run(infos, None).unwrap();
+        assert!(fixes.is_empty(), "{fixes:?}");
+        assert_eq!(report.errors, 1);
+        assert!(report.removed.is_empty());
+        assert!(seen.iter().any(|m| m.starts_with(&format!("cannot check path '/nix/store/{}'", p.basename()))), "{seen:?}");
+        // Really gone: forgotten, as Nix does.
+        std::fs::remove_file(&config.real).unwrap();
+        std::fs::create_dir(&config.real).unwrap();
+        let infos = store.db().all_infos().unwrap();
+        let mut quiet = |_: &str| {};
+        let (report, fixes) = Verifier { store: &store, check_contents: false, notice: &mut quiet }.run(infos, None).unwrap();
+        assert_eq!(report.removed, vec![p]);
+        assert_eq!(fixes.len(), 1);
     }
 }

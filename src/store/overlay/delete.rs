@@ -43,7 +43,8 @@ pub struct OverlayRemover {
 }
 
 impl OverlayRemover {
-    fn note_bypass(&self) -> io::Result<()> {
+    /// Records, before anything is written past the mount, that a remount is due.
+    pub fn note_bypass(&self) -> io::Result<()> {
         if !self.marker.exists() {
             fs::write(&self.marker, b"")?;
         }

@@ -196,3 +196,9 @@ pub fn remount(real: &Path) -> Result<(), MountError> {
         errno => MountError::Kernel { op: "remounting", real: real.to_path_buf(), errno, hint: String::new() },
     })
 }
+
+/// Whether `path` is on a mounted OverlayFS (by `statfs` magic): one system call, and
+/// true of the mount whatever `check-mount` says, so a destructive operation can ask.
+pub fn is_overlayfs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC).unwrap_or(false)
+}
