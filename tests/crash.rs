@@ -112,6 +112,13 @@ fn kill_9_during_add_import_delete_gc_and_optimise() {
                 a.extend(&some);
                 kill_after(&st.cfg, &a, None, Duration::from_millis(*d));
                 st.check(&lower_before);
+                // Run again, a killed delete finishes (rows already gone or not).
+                let again = ours(&st.cfg, &a).ok();
+                assert!(again.out().starts_with("3 store paths deleted"), "{}", again.out());
+                for p in &some {
+                    assert!(!base.join("upper").join(base_of(p)).exists(), "{p} left after the re-run");
+                }
+                st.check(&lower_before);
             } else {
                 kill_after(&st.cfg, &["gc"], None, Duration::from_millis(*d));
                 st.check(&lower_before);

@@ -450,3 +450,32 @@ fn gc_and_delete_work_under_deep_state_directories() {
     assert!(!root.join("nix/store").join(base_of(&b)).exists());
     assert!(root.join("nix/var/nix/gc-socket/socket").exists());
 }
+
+/// `delete` of a path that is no longer registered (a killed delete removed its row and
+/// left its files) finishes the job, as `nix-store --delete` does: files gone, exit 0.
+#[test]
+fn delete_of_an_unregistered_path_removes_what_is_left() {
+    if !have_nix() {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.join("ours");
+    let store = uri(&root);
+    let p = add(&store, &write(&s.join("in/a"), "a\n"));
+    ours(&store, &["delete", &p]).ok();
+    let again = ours(&store, &["delete", &p]).ok();
+    // A killed delete's leftovers: files whose row is gone.
+    let left = "/nix/store/11111111111111111111111111111111-left";
+    write(&root.join("nix/store/11111111111111111111111111111111-left/f"), "data\n");
+    let leftovers = ours(&store, &["delete", left]).ok();
+    assert!(!root.join("nix/store/11111111111111111111111111111111-left").exists());
+    // Nix prints the same on its own store.
+    let nroot = s.join("nix");
+    nix_store(&s, &nroot, &["--add", &s.join("in/a").to_string_lossy()]).ok();
+    write(&nroot.join("nix/store/11111111111111111111111111111111-left/f"), "data\n");
+    let n1 = nix_store(&s, &nroot, &["--delete", "/nix/store/00000000000000000000000000000000-gone"]).ok();
+    let n2 = nix_store(&s, &nroot, &["--delete", left]).ok();
+    assert_eq!(again.out(), n1.out());
+    assert_eq!(leftovers.out(), n2.out());
+    assert_eq!(again.out(), "1 store paths deleted, 0.00 MiB freed\n");
+}

@@ -364,3 +364,29 @@ fn verify_never_forgets_rows_of_an_unmounted_overlay() {
         ours(&cfg, &["query", "--hash", &p]).ok();
     });
 }
+
+/// A delete killed after its row went finishes when run again: the upper files go, the
+/// lower copy stays, nothing is left to verify.
+#[test]
+fn a_delete_re_run_after_a_crash_finishes() {
+    with_private_scratch(move |base| {
+        let l = Layers::new(&base);
+        let cfg = l.config_with("");
+        let both = add(&l.lower_uri(), &write(&base.join("in/both"), "both\n"));
+        ours(&cfg, &["mount"]).ok();
+        let upper_only = add(&cfg, &write(&base.join("in/up"), "up\n"));
+        // What a kill between the row deletion and the file removal leaves: files, no row.
+        let db = l.state().join("db/db.sqlite");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute("delete from ValidPaths where path = ?1", [&upper_only]).unwrap();
+        drop(conn);
+        write(&l.upper().join(base_of(&both)), "stale upper copy\n");
+        ours(&cfg, &["remount"]).ok();
+        let r = ours(&cfg, &["delete", &upper_only, &both]).ok();
+        assert!(r.out().starts_with("2 store paths deleted"), "{}", r.out());
+        assert!(l.upper_entries().is_empty(), "{:?}", l.upper_entries());
+        assert!(l.lower_real().join(base_of(&both)).exists());
+        assert_eq!(fs::read_to_string(l.real().join(base_of(&both))).unwrap(), "both\n");
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+    });
+}

@@ -16,7 +16,7 @@
 //! from its real directory; an overlay store decides per path between the upper layer,
 //! the mount, or nothing (lower files).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -432,6 +432,7 @@ impl Collector<'_> {
         report.live.sort();
 
         // Candidates: everything dead, or exactly the paths asked for.
+        let mut unregistered: Vec<StorePath> = Vec::new();
         let candidates: Vec<u32> = match &opts.action {
             GcAction::Collect => (0..g.paths.len() as u32).filter(|&i| !live[i as usize]).collect(),
             GcAction::DeleteSpecific(paths) => {
@@ -439,10 +440,18 @@ impl Collector<'_> {
                 let wanted: HashSet<u32> = paths.iter().filter_map(|p| g.index.get(p).copied()).collect();
                 for p in paths {
                     let Some(&i) = g.index.get(p) else {
-                        return Err(StoreError::Other(format!(
-                            "cannot delete '{}': it is not registered in this store's database",
-                            self.target.local().config().store_dir.display(p)
-                        )));
+                        // Not registered (a killed delete may have removed its row): garbage,
+                        // as for Nix, unless a temporary root holds it.
+                        if temp_hashes.contains(p.hash_part()) {
+                            return Err(StoreError::Other(format!(
+                                "Cannot delete path '{}' since it is still alive. To find out why, use: nix-store --query --roots",
+                                self.target.local().config().store_dir.display(p)
+                            )));
+                        }
+                        if !unregistered.contains(p) {
+                            unregistered.push(p.clone());
+                        }
+                        continue;
                     };
                     let referred = g.referrers[i as usize].iter().any(|&r| r != i && !wanted.contains(&r));
                     if live[i as usize] || referred {
@@ -456,7 +465,7 @@ impl Collector<'_> {
                 v
             }
         };
-        report.dead = candidates.iter().map(|&i| g.paths[i as usize].clone()).collect();
+        report.dead = candidates.iter().map(|&i| g.paths[i as usize].clone()).chain(unregistered.iter().cloned()).collect();
         report.dead.sort();
 
         // The policy may keep some; the engine keeps the closure of what is kept.
@@ -499,7 +508,7 @@ impl Collector<'_> {
         let mut order = deletion_order(&g, &doomed);
 
         if opts.dry_run {
-            report.skipped = order.iter().map(|&i| g.paths[i as usize].clone()).collect();
+            report.skipped = order.iter().map(|&i| g.paths[i as usize].clone()).chain(unregistered.iter().cloned()).collect();
             return Ok(report);
         }
         (self.notice)("deleting garbage...");
@@ -532,6 +541,11 @@ impl Collector<'_> {
             }
             for &i in &order {
                 s.pending.insert(g.paths[i as usize].hash_part().to_string());
+            }
+            // An unregistered path someone announced meanwhile is being added: leave it.
+            unregistered.retain(|p| !s.temp_roots.contains(p.hash_part()));
+            for p in &unregistered {
+                s.pending.insert(p.hash_part().to_string());
             }
         }
         let doomed_paths: Vec<StorePath> = order.iter().map(|&i| g.paths[i as usize].clone()).collect();
@@ -569,6 +583,7 @@ impl Collector<'_> {
         // lock is held (an adder that did not announce it) is left as debris.
         let results: Vec<(StorePath, io::Result<Removed>)> = doomed_paths
             .par_iter()
+            .chain(unregistered.par_iter())
             .map(|p| {
                 let lock_file = remover.lock_path_of(p);
                 let res = match PathLock::acquire(&lock_file, false) {
@@ -724,23 +739,19 @@ impl Collector<'_> {
 
 /// Referrers before references (Kahn's algorithm on the doomed subgraph), ties by path.
 fn deletion_order(g: &Graph, doomed: &HashSet<u32>) -> Vec<u32> {
-    let mut pending: HashMap<u32, usize> =
-        doomed.iter().map(|&i| (i, g.referrers[i as usize].iter().filter(|&&r| r != i && doomed.contains(&r)).count())).collect();
-    let mut ready: BTreeSet<(&StorePath, u32)> = pending.iter().filter(|(_, &n)| n == 0).map(|(&i, _)| (&g.paths[i as usize], i)).collect();
-    let mut order = Vec::with_capacity(doomed.len());
-    while let Some((_, i)) = ready.pop_first() {
-        order.push(i);
-        for &r in &g.refs[i as usize] {
-            if r == i {
-                continue;
-            }
-            if let Some(n) = pending.get_mut(&r) {
-                *n -= 1;
-                if *n == 0 {
-                    ready.insert((&g.paths[r as usize], r));
-                }
-            }
+    let members: Vec<u32> = doomed.iter().copied().collect();
+    let local: HashMap<u32, u32> = members.iter().enumerate().map(|(k, &i)| (i, k as u32)).collect();
+    let paths: Vec<StorePath> = members.iter().map(|&i| g.paths[i as usize].clone()).collect();
+    let edges: Vec<Vec<u32>> =
+        members.iter().map(|&i| g.referrers[i as usize].iter().filter_map(|r| local.get(r).copied()).collect()).collect();
+    match crate::store::topo::topo_order(&paths, &edges) {
+        Ok(order) => order.into_iter().map(|k| members[k as usize]).collect(),
+        // Only a database someone else wrote can cycle; the referrer re-check inside the
+        // deleting transaction keeps whatever is still referred to.
+        Err(_) => {
+            let mut by_name = members;
+            by_name.sort_by(|&a, &b| g.paths[a as usize].cmp(&g.paths[b as usize]));
+            by_name
         }
     }
-    order
 }
