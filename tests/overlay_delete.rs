@@ -210,9 +210,12 @@ fn gc_removes_hostile_upper_entries_without_following_them() {
         fs::create_dir_all(up.join("11111111111111111111111111111111-dir")).unwrap();
         std::os::unix::fs::symlink(&victim, up.join("11111111111111111111111111111111-dir/link")).unwrap();
         std::os::unix::fs::symlink(victim.join("precious"), up.join("not-a-store-path")).unwrap();
+        // Planted lock entries: a symlink GC would write through, a FIFO it would block on.
+        std::os::unix::fs::symlink(victim.join("precious"), up.join("22222222222222222222222222222222-x.lock")).unwrap();
+        nix::unistd::mkfifo(&up.join("33333333333333333333333333333333-y.lock"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         ours(&cfg, &["remount"]).ok();
         let r = ours(&cfg, &["gc"]).ok();
-        assert!(r.out().starts_with("3 store paths deleted"), "{}", r.out());
+        assert!(r.out().starts_with("5 store paths deleted"), "{}", r.out());
         assert!(l.upper_entries().is_empty(), "{:?}", l.upper_entries());
         assert_eq!(fs::read_to_string(victim.join("precious")).unwrap(), "precious\n");
         assert!(l.lower_real().join(base_of(&keep_lower)).exists());

@@ -694,7 +694,8 @@ impl Collector<'_> {
             let mut _held_path_lock: Option<PathLock> = None;
             if s.ends_with(".lock") {
                 let real_lock = lock_dir.join(&name);
-                if let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(&real_lock) {
+                // Anything but a regular file (a planted symlink or FIFO) is removed unlocked.
+                if let Ok(f) = crate::store::local::lock::open_lock_file(&real_lock, false) {
                     match FileLock::from_file(f, &real_lock, LockKind::Exclusive, false) {
                         Ok(Some(l)) => held_lock_file = Some(l),
                         _ => {

@@ -54,6 +54,35 @@ pub fn unlock(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens a lock file without following a symlink, blocking on a FIFO or leaking the
+/// descriptor to children, and refuses anything but a regular file: lock files live in
+/// the store directory, where anyone who can add paths can also plant entries, and a
+/// holder writes into its lock file.
+pub fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(not_a_lock_file(path));
+    }
+    Ok(file)
+}
+
+fn not_a_lock_file(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("lock file '{}' is not a regular file", path.display()))
+}
+
+/// Whether `open_lock_file` failed because something else than a regular file is there
+/// (a symlink gives ELOOP, a directory EISDIR).
+fn is_planted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData || matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EISDIR))
+}
+
 /// A held `flock`; released when dropped (closing the descriptor releases it).
 #[derive(Debug)]
 pub struct FileLock {
@@ -64,7 +93,7 @@ pub struct FileLock {
 impl FileLock {
     /// Opens (creating, mode 0600) and locks `path`, waiting if `wait`.
     pub fn acquire(path: &Path, kind: LockKind, wait: bool) -> io::Result<Option<FileLock>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        let file = open_lock_file(path, true)?;
         Ok(flock(&file, kind, wait)?.then(|| FileLock { file, path: path.to_path_buf() }))
     }
 
@@ -94,10 +123,20 @@ pub struct PathLock {
 }
 
 impl PathLock {
+    /// A symlink, FIFO, directory or device planted at `lock_path` is garbage: it is
+    /// removed (never followed) and a real lock file made in its place.
     pub fn acquire(lock_path: &Path, wait: bool) -> io::Result<Option<PathLock>> {
+        let mut planted = 0;
         loop {
-            let Some(lock) = FileLock::acquire(lock_path, LockKind::Exclusive, wait)? else {
-                return Ok(None);
+            let lock = match FileLock::acquire(lock_path, LockKind::Exclusive, wait) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => return Ok(None),
+                Err(e) if is_planted(&e) && planted < 3 => {
+                    planted += 1;
+                    crate::store::local::canonicalise::remove_tree(lock_path)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             // A previous holder deleted the file after we opened it: ours is stale.
             if lock.file.metadata()?.len() != 0 {
@@ -107,6 +146,7 @@ impl PathLock {
         }
     }
 }
+
 
 impl Drop for PathLock {
     fn drop(&mut self) {
@@ -131,6 +171,32 @@ mod tests {
         drop(a);
         drop(_b);
         assert!(FileLock::acquire(&p, LockKind::Exclusive, false).unwrap().is_some());
+    }
+
+    /// A planted symlink is never written through; a FIFO never blocks; both are
+    /// replaced by a real lock file.
+    #[test]
+    fn planted_lock_entries_are_replaced_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let link = t.path().join("a.lock");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let l = PathLock::acquire(&link, true).unwrap().unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_file());
+        drop(l);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let fifo = t.path().join("b.lock");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(open_lock_file(&fifo, false).is_err());
+        drop(PathLock::acquire(&fifo, true).unwrap().unwrap());
+        assert!(!fifo.exists());
+        std::fs::create_dir(t.path().join("c.lock")).unwrap();
+        drop(PathLock::acquire(&t.path().join("c.lock"), false).unwrap().unwrap());
+        // A shared lock file (big-lock, gc.lock) that is not a regular file is refused.
+        std::os::unix::fs::symlink(&victim, t.path().join("gc.lock")).unwrap();
+        assert!(FileLock::acquire(&t.path().join("gc.lock"), LockKind::Exclusive, false).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 
     #[test]

@@ -8,9 +8,8 @@
 //! `gc-socket/socket` (`<path>\n`, answered by the byte `1`), so a GC that already read
 //! the files still learns of the root.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,7 +46,7 @@ impl TempRoots {
             fs::create_dir_all(&dir)?;
             let path = dir.join(std::process::id().to_string());
             loop {
-                let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+                let f = crate::store::local::lock::open_lock_file(&path, true)?;
                 let lock = FileLock::from_file(f, &path, LockKind::Exclusive, true)?.expect("blocking lock");
                 // Non-empty right after locking: a GC found it stale and deleted it.
                 if lock.file().metadata()?.len() != 0 {
@@ -67,7 +66,7 @@ impl TempRoots {
         let full = self.store_dir.display(path);
         if self.gc_lock.is_none() {
             let p = gc_lock_path(&self.state);
-            self.gc_lock = Some(OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&p)?);
+            self.gc_lock = Some(crate::store::local::lock::open_lock_file(&p, true)?);
         }
         let gc_lock = self.gc_lock.as_ref().expect("just opened");
         // Held until the root is in the file, so no GC can start in between.
