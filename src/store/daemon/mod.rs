@@ -269,7 +269,11 @@ impl DaemonStore {
         }))
     }
 
-    /// Path infos of many paths, pipelined in batches.
+    /// Path infos of many paths, pipelined in batches. The daemon answers every request
+    /// of a batch even after refusing one, so after an error the rest of the batch's
+    /// replies are drained before the error is returned: read against later requests
+    /// they would be taken for other paths' metadata. If draining fails too, the
+    /// connection is dropped.
     pub fn path_infos(&self, paths: &[StorePath]) -> Result<Vec<Option<PathInfo>>> {
         self.with(|c| {
             let mut out = Vec::with_capacity(paths.len());
@@ -279,8 +283,20 @@ impl DaemonStore {
                     write_string(&mut c.w, &self.store_dir.display(p))?;
                 }
                 c.w.flush()?;
+                let mut first_error = None;
                 for p in chunk {
-                    out.push(self.read_path_info(c, p)?);
+                    match self.read_path_info(c, p) {
+                        Ok(info) if first_error.is_none() => out.push(info),
+                        Ok(_) => {}
+                        Err(Failure::Daemon(m)) => {
+                            first_error.get_or_insert(Failure::Daemon(m));
+                        }
+                        // The stream's state is unknown: `with` drops the connection.
+                        Err(wire) => return Err(wire),
+                    }
+                }
+                if let Some(e) = first_error {
+                    return Err(e);
                 }
             }
             Ok(out)
@@ -427,5 +443,94 @@ impl Store for DaemonStore {
             c.stderr_loop()?;
             read_strings(&mut c.r)?.iter().map(|s| self.parse(s)).collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn path(i: usize) -> StorePath {
+        StorePath::from_basename(&format!("{i:032}-p")).unwrap()
+    }
+
+    /// A daemon that answers path-info requests with `narSize = 1000 + i` for path `i`,
+    /// but refuses its request numbered `fail_at`. It serves one connection: a client
+    /// that reconnected would time out.
+    fn fake_daemon(socket: &Path, fail_at: usize) -> std::thread::JoinHandle<()> {
+        let listener = crate::store::fs::socket::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let mut served = 0;
+            for conn in listener.incoming().take(1) {
+                let mut c = conn.unwrap();
+                let mut r = c.try_clone().unwrap();
+                let (_, _) = (read_u64(&mut r).unwrap(), read_u64(&mut r).unwrap());
+                write_u64(&mut c, WORKER_MAGIC_2).unwrap();
+                write_u64(&mut c, CLIENT_VERSION).unwrap();
+                let (_, _) = (read_u64(&mut r).unwrap(), read_u64(&mut r).unwrap());
+                write_string(&mut c, "fake").unwrap();
+                write_u64(&mut c, STDERR_LAST).unwrap();
+                let mut k = 0;
+                while let Ok(op) = read_u64(&mut r) {
+                    assert_eq!(op, OP_QUERY_PATH_INFO);
+                    let p = read_string(&mut r).unwrap();
+                    let i: usize = p["/nix/store/".len()..][..32].parse().unwrap();
+                    let mut reply = Vec::new();
+                    if k == fail_at {
+                        write_u64(&mut reply, STDERR_ERROR).unwrap();
+                        write_string(&mut reply, "Error").unwrap();
+                        write_u64(&mut reply, 0).unwrap();
+                        write_string(&mut reply, "Error").unwrap();
+                        write_string(&mut reply, &format!("refusing '{p}'")).unwrap();
+                        write_u64(&mut reply, 0).unwrap();
+                        write_u64(&mut reply, 0).unwrap();
+                    } else {
+                        write_u64(&mut reply, STDERR_LAST).unwrap();
+                        write_u64(&mut reply, 1).unwrap();
+                        write_string(&mut reply, "").unwrap();
+                        write_string(&mut reply, &"ab".repeat(32)).unwrap();
+                        write_u64(&mut reply, 0).unwrap();
+                        write_u64(&mut reply, 0).unwrap();
+                        write_u64(&mut reply, 1000 + i as u64).unwrap();
+                        write_u64(&mut reply, 0).unwrap();
+                        write_u64(&mut reply, 0).unwrap();
+                        write_string(&mut reply, "").unwrap();
+                    }
+                    c.write_all(&reply).unwrap();
+                    k += 1;
+                    served += 1;
+                }
+            }
+            assert!(served > 0);
+        })
+    }
+
+    #[test]
+    fn an_error_mid_pipeline_does_not_shift_later_replies() {
+        for fail_at in [0, 3, 9] {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("daemon.sock");
+            let daemon = fake_daemon(&socket, fail_at);
+            let store = DaemonStore {
+                socket,
+                real: dir.path().join("store"),
+                store_dir: StoreDir::new("/nix/store"),
+                timeout: Duration::from_secs(5),
+                conn: RefCell::new(None),
+            };
+            let batch: Vec<StorePath> = (0..10).map(path).collect();
+            let err = store.path_infos(&batch).unwrap_err().to_string();
+            assert!(err.contains("refusing"), "{err}");
+            // Every later answer belongs to its own request.
+            for i in [4usize, 5, 11] {
+                let info = store.path_info(&path(i)).unwrap().unwrap();
+                assert_eq!(info.nar_size, 1000 + i as u64, "after a failure at {fail_at}");
+            }
+            let infos = store.path_infos(&[path(20), path(21)]).unwrap();
+            assert_eq!(infos.iter().map(|i| i.as_ref().unwrap().nar_size).collect::<Vec<_>>(), vec![1020, 1021]);
+            drop(store);
+            daemon.join().unwrap();
+        }
     }
 }
