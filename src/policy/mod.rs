@@ -105,10 +105,16 @@ impl LuaPolicy {
         let loaded: sandbox::LoadedFiles = Rc::new(RefCell::new(vec![file.to_path_buf()]));
         let lua_err = |e: mlua::Error| PolicyError::Lua(lua_message(&e));
         let (lua, budget) =
-            sandbox::new_state(&dir, limits.instructions, (limits.memory_mib as usize).saturating_mul(1 << 20), loaded.clone())
+            sandbox::new_state(
+                &dir,
+                limits.instructions,
+                std::time::Duration::from_secs(limits.wall_clock_secs),
+                (limits.memory_mib as usize).saturating_mul(1 << 20),
+                loaded.clone(),
+            )
                 .map_err(lua_err)?;
         api::install_static(&lua, spec, file).map_err(lua_err)?;
-        budget.used.set(0);
+        budget.reset();
         let value: Value = lua.load(text).set_mode(ChunkMode::Text).set_name(format!("@{}", file.display())).eval().map_err(lua_err)?;
         let Value::Table(hooks) = value else {
             return Err(PolicyError::NotATable { file: file.to_path_buf(), got: type_name(&value) });
@@ -168,7 +174,7 @@ impl LuaPolicy {
             return Ok(None);
         };
         let err = |message: String| HookError { hook: hook.to_string(), message };
-        self.budget.used.set(0);
+        self.budget.reset();
         let result = self.lua.scope(|scope| {
             api::install_scoped(&self.lua, scope, host)?;
             let args = make_args(&self.lua)?;

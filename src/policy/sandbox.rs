@@ -9,24 +9,48 @@ use std::rc::Rc;
 
 use mlua::{ChunkMode, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
-/// How often (in VM instructions) the budget is checked.
-const BUDGET_GRANULARITY: u32 = 1000;
+/// How often (in VM instructions) the budget is checked. Small enough that a loop whose
+/// every turn calls a slow C function (a long `string.find`, `string.rep`) is stopped
+/// soon after the clock runs out: such a turn is a few instructions.
+const BUDGET_GRANULARITY: u32 = 256;
 
-/// Per-state bookkeeping shared with the instruction hook.
+/// Per-state bookkeeping shared with the instruction hook: instructions and wall-clock
+/// time of the current hook call. Instructions alone miss time spent in C functions.
 pub struct Budget {
     pub used: Cell<u64>,
     pub limit: Cell<u64>,
+    pub started: Cell<std::time::Instant>,
+    pub wall: Cell<std::time::Duration>,
+}
+
+impl Budget {
+    /// Starts a hook call's budget afresh.
+    pub fn reset(&self) {
+        self.used.set(0);
+        self.started.set(std::time::Instant::now());
+    }
 }
 
 /// Files the policy loaded (the policy and every module it required), for watching.
 pub type LoadedFiles = Rc<RefCell<Vec<PathBuf>>>;
 
 /// Builds the sandboxed state. `dir` is the only directory `require` reads from.
-pub fn new_state(dir: &Path, instructions: u64, memory_bytes: usize, loaded: LoadedFiles) -> mlua::Result<(Lua, Rc<Budget>)> {
+pub fn new_state(
+    dir: &Path,
+    instructions: u64,
+    wall: std::time::Duration,
+    memory_bytes: usize,
+    loaded: LoadedFiles,
+) -> mlua::Result<(Lua, Rc<Budget>)> {
     let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::new())?;
     lua.set_memory_limit(memory_bytes)?;
-    let budget = Rc::new(Budget { used: Cell::new(0), limit: Cell::new(instructions) });
+    let budget = Rc::new(Budget {
+        used: Cell::new(0),
+        limit: Cell::new(instructions),
+        started: Cell::new(std::time::Instant::now()),
+        wall: Cell::new(wall),
+    });
     let b = budget.clone();
     lua.set_hook(HookTriggers::new().every_nth_instruction(BUDGET_GRANULARITY), move |_lua, debug| {
         let used = b.used.get() + BUDGET_GRANULARITY as u64;
@@ -37,6 +61,14 @@ pub fn new_state(dir: &Path, instructions: u64, memory_bytes: usize, loaded: Loa
                 "{src}:{}: instruction budget exceeded ({} instructions; raise [policy-limits] instructions if this is intended)",
                 debug.curr_line(),
                 b.limit.get()
+            )));
+        }
+        if b.started.get().elapsed() > b.wall.get() {
+            let src = debug.source().short_src.map(|s| s.to_string()).unwrap_or_default();
+            return Err(mlua::Error::RuntimeError(format!(
+                "{src}:{}: time limit exceeded ({} s; raise [policy-limits] wall-clock-secs if this is intended)",
+                debug.curr_line(),
+                b.wall.get().as_secs_f64()
             )));
         }
         Ok(VmState::Continue)
@@ -117,8 +149,10 @@ fn install_require(lua: &Lua, dir: &Path, loaded: LoadedFiles) -> mlua::Result<(
 mod tests {
     use super::*;
 
+    const TEN_S: std::time::Duration = std::time::Duration::from_secs(10);
+
     fn state(dir: &Path) -> Lua {
-        new_state(dir, 10_000_000, 16 << 20, Rc::default()).unwrap().0
+        new_state(dir, 10_000_000, TEN_S, 16 << 20, Rc::default()).unwrap().0
     }
 
     #[test]
@@ -146,17 +180,34 @@ mod tests {
     #[test]
     fn budget_stops_a_loop() {
         let t = tempfile::tempdir().unwrap();
-        let (lua, budget) = new_state(t.path(), 1_000_000, 16 << 20, Rc::default()).unwrap();
+        let (lua, budget) = new_state(t.path(), 1_000_000, TEN_S, 16 << 20, Rc::default()).unwrap();
         let e = lua.load("while true do end").exec().unwrap_err();
         assert!(e.to_string().contains("instruction budget exceeded"), "{e}");
         budget.used.set(0);
         lua.load("local x = 0 for i = 1, 1000 do x = x + i end").exec().unwrap();
     }
 
+    /// Slow C calls in a loop run few instructions; the clock stops them.
+    #[test]
+    fn wall_clock_stops_slow_c_calls_in_a_loop() {
+        let t = tempfile::tempdir().unwrap();
+        let wall = std::time::Duration::from_millis(300);
+        let (lua, budget) = new_state(t.path(), u64::MAX, wall, 64 << 20, Rc::default()).unwrap();
+        budget.reset();
+        let started = std::time::Instant::now();
+        let e = lua
+            .load("local s = string.rep('a', 5000) while true do string.find(s, '.-b') end")
+            .exec()
+            .unwrap_err();
+        assert!(e.to_string().contains("time limit exceeded"), "{e}");
+        // A slow call that started before the limit finishes; the next check stops it.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    }
+
     #[test]
     fn memory_is_limited() {
         let t = tempfile::tempdir().unwrap();
-        let (lua, _) = new_state(t.path(), u64::MAX, 4 << 20, Rc::default()).unwrap();
+        let (lua, _) = new_state(t.path(), u64::MAX, TEN_S, 4 << 20, Rc::default()).unwrap();
         let e = lua.load("local t = {} for i = 1, 1e8 do t[i] = string.rep('x', 100) .. i end").exec().unwrap_err();
         assert!(matches!(e, mlua::Error::MemoryError(_)), "{e}");
     }
@@ -167,7 +218,7 @@ mod tests {
         fs::create_dir_all(t.path().join("lib")).unwrap();
         fs::write(t.path().join("lib/util.lua"), "return { answer = 42 }").unwrap();
         let loaded: LoadedFiles = Rc::default();
-        let (lua, _) = new_state(t.path(), 1_000_000, 16 << 20, loaded.clone()).unwrap();
+        let (lua, _) = new_state(t.path(), 1_000_000, TEN_S, 16 << 20, loaded.clone()).unwrap();
         let n: i64 = lua.load("return require('lib.util').answer").eval().unwrap();
         assert_eq!(n, 42);
         assert_eq!(loaded.borrow().len(), 1);

@@ -44,7 +44,7 @@ const STORE_KEYS: &[&str] = &[
 const MOUNT_KEYS: &[&str] = &["workdir", "options"];
 const GC_KEYS: &[&str] = &["keep-derivations", "keep-outputs"];
 const WATCH_KEYS: &[&str] = &["debounce-ms", "gc-interval-secs", "optimise-interval-secs"];
-const POLICY_LIMITS_KEYS: &[&str] = &["instructions", "memory-mib"];
+const POLICY_LIMITS_KEYS: &[&str] = &["instructions", "memory-mib", "wall-clock-secs"];
 
 /// Whether a `--store` argument or `lower-store` string names a spec file
 /// rather than a store.
@@ -618,6 +618,7 @@ fn policy_limits(site: &Site, e: &Entry, pos: Pos, r: &Reader) -> Result<PolicyL
         match sub.key.as_str() {
             "instructions" => limits.instructions = integer(site, &key, &sub.value, spos, 1)?,
             "memory-mib" => limits.memory_mib = integer(site, &key, &sub.value, spos, 1)?,
+            "wall-clock-secs" => limits.wall_clock_secs = integer(site, &key, &sub.value, spos, 1)?,
             other => return Err(unknown(site, "policy-limits", other, spos, POLICY_LIMITS_KEYS)),
         }
     }

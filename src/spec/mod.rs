@@ -40,6 +40,7 @@
 //! [policy-limits]                   # top level only
 //! instructions = 100000000
 //! memory-mib = 64
+//! wall-clock-secs = 10
 //! ```
 //!
 //! * `type` may be left out: a table with `upper-layer` or `lower-store` is a
@@ -99,6 +100,8 @@ pub const DEFAULT_DAEMON_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_DEBOUNCE_MS: u64 = 200;
 /// Default `[policy-limits] instructions`: ends a runaway hook in about a second.
 pub const DEFAULT_POLICY_INSTRUCTIONS: u64 = 100_000_000;
+/// Default `[policy-limits] wall-clock-secs`.
+pub const DEFAULT_POLICY_WALL_CLOCK_SECS: u64 = 10;
 /// Default `[policy-limits] memory-mib`.
 pub const DEFAULT_POLICY_MEMORY_MIB: u64 = 64;
 /// How deep lower stores may nest; far beyond any real setup, it only stops
@@ -181,11 +184,17 @@ impl Default for WatchSpec {
 pub struct PolicyLimits {
     pub instructions: u64,
     pub memory_mib: u64,
+    /// Wall-clock seconds one hook call may take (instructions miss time in C functions).
+    pub wall_clock_secs: u64,
 }
 
 impl Default for PolicyLimits {
     fn default() -> Self {
-        PolicyLimits { instructions: DEFAULT_POLICY_INSTRUCTIONS, memory_mib: DEFAULT_POLICY_MEMORY_MIB }
+        PolicyLimits {
+            instructions: DEFAULT_POLICY_INSTRUCTIONS,
+            memory_mib: DEFAULT_POLICY_MEMORY_MIB,
+            wall_clock_secs: DEFAULT_POLICY_WALL_CLOCK_SECS,
+        }
     }
 }
 

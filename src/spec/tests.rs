@@ -77,7 +77,7 @@ fn empty_spec_is_the_system_local_store() {
     assert_eq!(s.mount, None);
     assert_eq!(s.gc, GcSpec { keep_derivations: true, keep_outputs: false });
     assert_eq!(s.watch.debounce_ms, 200);
-    assert_eq!(s.policy_limits, PolicyLimits { instructions: 100_000_000, memory_mib: 64 });
+    assert_eq!(s.policy_limits, PolicyLimits { instructions: 100_000_000, memory_mib: 64, wall_clock_secs: 10 });
     assert_eq!(s.origin, SpecOrigin::File(p(FILE)));
     assert_eq!(s.files, vec![p(FILE)]);
     assert!(s.warnings().is_empty());
@@ -588,11 +588,11 @@ fn mount_table() {
 fn other_top_level_tables() {
     let s = toml_ok(
         "[gc]\nkeep-derivations = false\nkeep-outputs = true\n[watch]\ndebounce-ms = 0\n\
-         [policy-limits]\ninstructions = 5\nmemory-mib = 1",
+         [policy-limits]\ninstructions = 5\nmemory-mib = 1\nwall-clock-secs = 2",
     );
     assert_eq!(s.gc, GcSpec { keep_derivations: false, keep_outputs: true });
     assert_eq!(s.watch, WatchSpec { debounce_ms: 0, ..WatchSpec::default() });
-    assert_eq!(s.policy_limits, PolicyLimits { instructions: 5, memory_mib: 1 });
+    assert_eq!(s.policy_limits, PolicyLimits { instructions: 5, memory_mib: 1, wall_clock_secs: 2 });
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::format::{StoreDir, StorePath};
-use crate::store::local::lock::{FileLock, LockKind};
-use crate::store::Result;
+use crate::store::local::lock::{open_lock_file, FileLock, LockKind};
+use crate::store::{io_err, Result, StoreError};
 
 /// Roots by target: each store path and the links (or `{temp:PID}`, `/proc/…`) that hold it.
 pub type Roots = BTreeMap<StorePath, BTreeSet<String>>;
@@ -29,7 +29,7 @@ impl RootFinder<'_> {
     pub fn find_all(&mut self, runtime: bool) -> Result<Roots> {
         let mut roots = Roots::new();
         self.find_permanent(&mut roots);
-        find_temp_roots(self.store_dir, self.state, &mut roots, self.notice);
+        find_temp_roots(self.store_dir, self.state, &mut roots, self.notice)?;
         if runtime {
             find_runtime_roots(self.store_dir, &mut roots);
         }
@@ -104,17 +104,28 @@ impl RootFinder<'_> {
 }
 
 /// Reads `temproots/<pid>` files. A file whose owner is gone (its exclusive lock can be
-/// taken) is stale and removed, as Nix does.
-pub fn find_temp_roots(store_dir: &StoreDir, state: &Path, roots: &mut Roots, notice: &mut dyn FnMut(&str)) {
+/// taken) is stale and removed, as Nix does. A file that cannot be read is an error, not
+/// something to skip: it may hold the only root of a path being added right now.
+pub fn find_temp_roots(store_dir: &StoreDir, state: &Path, roots: &mut Roots, notice: &mut dyn FnMut(&str)) -> Result<()> {
     let dir = state.join("temproots");
-    let Ok(entries) = fs::read_dir(&dir) else { return };
-    for e in entries.filter_map(|e| e.ok()) {
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    for e in entries {
+        let e = e.map_err(io_err(&dir))?;
         let name = e.file_name().to_string_lossy().to_string();
         if name.starts_with('.') {
             continue;
         }
         let path = e.path();
-        let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(&path) else { continue };
+        let file = match open_lock_file(&path, false) {
+            Ok(f) => f,
+            // Its owner finished and removed it meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(temp_roots_err(&path, e)),
+        };
         if let Ok(Some(lock)) = FileLock::from_file(file, &path, LockKind::Exclusive, false) {
             notice(&format!("removing stale temporary roots file '{}'", path.display()));
             let _ = fs::remove_file(&path);
@@ -122,8 +133,10 @@ pub fn find_temp_roots(store_dir: &StoreDir, state: &Path, roots: &mut Roots, no
             continue;
         }
         let mut content = Vec::new();
-        if fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut content)).is_err() {
-            continue;
+        match fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut content)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(temp_roots_err(&path, e)),
         }
         for item in content.split(|&b| b == 0).filter(|s| !s.is_empty()) {
             let s = String::from_utf8_lossy(item);
@@ -132,6 +145,14 @@ pub fn find_temp_roots(store_dir: &StoreDir, state: &Path, roots: &mut Roots, no
             }
         }
     }
+    Ok(())
+}
+
+fn temp_roots_err(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Other(format!(
+        "cannot read temporary roots file '{}': {e}; it may protect paths being added, so nothing is collected (fix its permissions or remove it if its process is gone)",
+        path.display()
+    ))
 }
 
 /// Store paths mentioned by running processes: executables, working directories, open
@@ -189,4 +210,26 @@ pub fn print_roots_lines(store_dir: &StoreDir, roots: &Roots) -> Vec<String> {
         roots.iter().flat_map(|(p, links)| links.iter().map(move |l| (l.clone(), store_dir.display(p)))).collect();
     pairs.sort();
     pairs.into_iter().map(|(l, p)| format!("{l} -> {p}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_temp_roots_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let tr = dir.path().join("temproots");
+        fs::create_dir_all(&tr).unwrap();
+        let sd = StoreDir::new("/nix/store");
+        let mut roots = Roots::new();
+        // A symlink planted there is not read through (and not skipped either).
+        std::os::unix::fs::symlink("/etc/passwd", tr.join("1234")).unwrap();
+        let err = find_temp_roots(&sd, dir.path(), &mut roots, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("cannot read temporary roots file"), "{err}");
+        fs::remove_file(tr.join("1234")).unwrap();
+        fs::write(tr.join("1234"), "/nix/store/00000000000000000000000000000000-x\0").unwrap();
+        find_temp_roots(&sd, dir.path(), &mut roots, &mut |_| {}).unwrap();
+        assert!(roots.is_empty(), "a stale file (nobody holds its lock) is removed: {roots:?}");
+    }
 }
