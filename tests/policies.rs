@@ -223,3 +223,24 @@ fn sandbox_escapes_are_refused_at_load() {
         assert!(r.stderr.contains(&format!("escape{i}.lua:1:")), "{code}: {}", r.stderr);
     }
 }
+
+/// A policy file others can write is a root shell: it is refused, naming the file and
+/// the fix, before anything runs.
+#[test]
+fn a_policy_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let f = s.join("p/policy.lua");
+    write(&f, "return {}\n");
+    fs::set_permissions(s.join("p"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();
+    let mut c = std::process::Command::new(BIN);
+    c.args(["policy", "check"]).arg(&f);
+    let r = run_cmd(&mut c, None);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains(&format!("policy file '{}' is writable by its group or by others", f.display())), "{}", r.stderr);
+    assert!(r.stderr.contains("chmod go-w"), "{}", r.stderr);
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    let r = run_cmd(&mut c, None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

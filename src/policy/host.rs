@@ -32,14 +32,60 @@ pub trait PolicyHost {
     fn exec(&self, argv: &[String]) -> Result<ExecResult>;
 }
 
-/// Runs a program without a shell and captures its output.
-pub fn run_program(argv: &[String]) -> Result<ExecResult> {
+/// How long `overlay.exec` waits for a program before killing it (and its process group).
+pub const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How much of each of a program's output streams `overlay.exec` keeps.
+pub const EXEC_MAX_OUTPUT: usize = 1 << 20;
+
+/// Runs a program without a shell and captures its output: at most `EXEC_MAX_OUTPUT`
+/// bytes of each stream (the rest is read and dropped, so the program never blocks on a
+/// full pipe), killed with its process group after `timeout`.
+pub fn run_program(argv: &[String], timeout: std::time::Duration) -> Result<ExecResult> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
     let (prog, args) = argv.split_first().ok_or_else(|| StoreError::Other("overlay.exec needs at least the program".into()))?;
-    let out = Command::new(prog).args(args).output().map_err(|e| StoreError::Other(format!("overlay.exec: cannot run '{prog}': {e}")))?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| StoreError::Other(format!("overlay.exec: cannot run '{prog}': {e}")))?;
+    let capture = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.by_ref().take(EXEC_MAX_OUTPUT as u64).read_to_end(&mut kept);
+                let _ = std::io::copy(&mut r, &mut std::io::sink());
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        })
+    };
+    let out = capture(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err = capture(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Ok(None) | Err(_) => {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                // Grandchildren holding the pipes were killed with the group.
+                let _ = (out.join(), err.join());
+                return Err(StoreError::Other(format!(
+                    "overlay.exec: '{prog}' did not finish within {} s and was killed",
+                    timeout.as_secs_f64()
+                )));
+            }
+        }
+    };
     Ok(ExecResult {
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        status: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     })
 }
 
@@ -77,7 +123,7 @@ impl PolicyHost for OverlayStore {
         Ok(())
     }
     fn exec(&self, argv: &[String]) -> Result<ExecResult> {
-        run_program(argv)
+        run_program(argv, EXEC_TIMEOUT)
     }
 }
 
@@ -171,5 +217,26 @@ impl PolicyHost for SampleHost {
     fn exec(&self, argv: &[String]) -> Result<ExecResult> {
         tracing::info!("policy check: would run {argv:?}");
         Ok(ExecResult { status: 0, stdout: String::new(), stderr: String::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn exec_is_bounded_in_time_and_output() {
+        let r = run_program(&argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]), EXEC_TIMEOUT).unwrap();
+        assert_eq!((r.status, r.stdout.as_str(), r.stderr.as_str()), (3, "out\n", "err\n"));
+        let started = std::time::Instant::now();
+        let e = run_program(&argv(&["sh", "-c", "sleep 100 & sleep 100"]), std::time::Duration::from_millis(200)).unwrap_err();
+        assert!(e.to_string().contains("did not finish within"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let r = run_program(&argv(&["sh", "-c", "head -c 5000000 /dev/zero"]), EXEC_TIMEOUT).unwrap();
+        assert_eq!(r.stdout.len(), EXEC_MAX_OUTPUT);
     }
 }

@@ -43,6 +43,8 @@ pub enum PolicyError {
     #[error("{file}: cannot read the policy: {source}")]
     Read { file: PathBuf, source: std::io::Error },
     #[error("{0}")]
+    Untrusted(String),
+    #[error("{0}")]
     Lua(String),
     #[error("{file}: the policy must return a table of hooks, it returned {got}")]
     NotATable { file: PathBuf, got: String },
@@ -102,6 +104,10 @@ impl LuaPolicy {
     pub fn load(file: &Path, limits: &PolicyLimits, spec: Option<&StoreSpec>) -> Result<LuaPolicy, PolicyError> {
         let text = std::fs::read(file).map_err(|source| PolicyError::Read { file: file.to_path_buf(), source })?;
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for p in [file, dir.as_path()] {
+            let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+            sandbox::check_trusted(p).map_err(PolicyError::Untrusted)?;
+        }
         let loaded: sandbox::LoadedFiles = Rc::new(RefCell::new(vec![file.to_path_buf()]));
         let lua_err = |e: mlua::Error| PolicyError::Lua(lua_message(&e));
         let (lua, budget) =

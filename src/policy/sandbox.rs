@@ -121,6 +121,35 @@ fn module_path(dir: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(real)
 }
 
+/// Refuses a policy file or directory that someone other than root or this process's
+/// user could change: policies run with the store's privileges (mount, `overlay.exec`),
+/// so a policy others can write is a way in. Links are judged by what they point to.
+pub fn check_trusted(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(|e| format!("'{}': {e}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let what = if meta.is_dir() { "directory" } else { "file" };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "policy {what} '{}' belongs to uid {}, not to root or this user (uid {me}); a policy runs with the store's privileges, so only they may own it",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    // A sticky directory (a tmpfs root, /tmp) lets nobody replace another's files, and
+    // every file a policy loads is checked itself.
+    let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
+    if meta.mode() & 0o022 != 0 && !sticky_dir {
+        return Err(format!(
+            "policy {what} '{}' is writable by its group or by others (mode {:o}); a policy runs with the store's privileges: `chmod go-w '{}'`",
+            path.display(),
+            meta.mode() & 0o7777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn install_require(lua: &Lua, dir: &Path, loaded: LoadedFiles) -> mlua::Result<()> {
     let cache = lua.create_table()?;
     let dir = dir.to_path_buf();
@@ -136,6 +165,10 @@ fn install_require(lua: &Lua, dir: &Path, loaded: LoadedFiles) -> mlua::Result<(
             .unwrap_or_default();
         let path = module_path(&dir, &name).map_err(|e| mlua::Error::RuntimeError(format!("{at}{e}")))?;
         let text = fs::read(&path).map_err(|e| mlua::Error::RuntimeError(format!("require '{name}': {e}")))?;
+        if let Some(parent) = path.parent() {
+            check_trusted(parent).map_err(|e| mlua::Error::RuntimeError(format!("{at}require '{name}': {e}")))?;
+        }
+        check_trusted(&path).map_err(|e| mlua::Error::RuntimeError(format!("{at}require '{name}': {e}")))?;
         loaded.borrow_mut().push(path.clone());
         let v: Value = lua.load(text).set_mode(ChunkMode::Text).set_name(format!("@{}", path.display())).eval()?;
         let v = if v.is_nil() { Value::Boolean(true) } else { v };
@@ -153,6 +186,35 @@ mod tests {
 
     fn state(dir: &Path) -> Lua {
         new_state(dir, 10_000_000, TEN_S, 16 << 20, Rc::default()).unwrap().0
+    }
+
+    #[test]
+    fn policies_others_can_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("p.lua");
+        fs::write(&f, "return {}").unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        check_trusted(&f).unwrap();
+        check_trusted(t.path()).unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(check_trusted(&f).unwrap_err().contains("writable by its group or by others"));
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_trusted(t.path()).unwrap_err().contains("policy directory"));
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        check_trusted(t.path()).unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&f, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            assert!(check_trusted(&f).unwrap_err().contains("belongs to uid 65534"));
+        }
+        // A module that others can write is refused by require.
+        fs::write(t.path().join("m.lua"), "return 1").unwrap();
+        fs::set_permissions(t.path().join("m.lua"), fs::Permissions::from_mode(0o646)).unwrap();
+        let e = state(t.path()).load("return require('m')").eval::<Value>().unwrap_err();
+        assert!(e.to_string().contains("writable by its group or by others"), "{e}");
     }
 
     #[test]
