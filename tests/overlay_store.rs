@@ -296,7 +296,12 @@ fn read_commands_refuse_a_wrongly_mounted_overlay() {
         ours(&cfg, &["mount"]).ok();
         ours(&cfg, &["query", "--hash", &one]).ok();
         nix::mount::umount(&l.real()).unwrap();
-        let uri = format!("local-overlay://?root={}&lower-store={}&upper-layer={}", l.merged_root().display(), l.lower().display(), l.upper().display());
+        let uri = format!(
+            "local-overlay://?root={}&lower-store={}&upper-layer={}",
+            l.merged_root().display(),
+            l.lower().display(),
+            l.upper().display()
+        );
         let hash = base_of(&one)[..32].to_string();
         let reads: Vec<Vec<&str>> = vec![
             vec!["query", "--hash", &one],
@@ -309,9 +314,10 @@ fn read_commands_refuse_a_wrongly_mounted_overlay() {
         ];
         let other = base.join("other");
         fs::create_dir_all(&other).unwrap();
-        for (what, lower, upper, work) in
-            [("wrong lower", other.clone(), l.upper(), base.join("work")), ("wrong upper", l.lower_real(), base.join("up2"), base.join("work2"))]
-        {
+        for (what, lower, upper, work) in [
+            ("wrong lower", other.clone(), l.upper(), base.join("work")),
+            ("wrong upper", l.lower_real(), base.join("up2"), base.join("work2")),
+        ] {
             mount_overlay(&lower, &upper, &work, &l.real());
             for store in [&cfg, &uri] {
                 for args in &reads {

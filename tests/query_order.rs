@@ -133,7 +133,8 @@ fn list_queries_and_export_match_nix_on_a_generated_local_store() {
     compare(&s, &store, root.to_str().unwrap(), &samples, &FLAGS);
     // `export` of a set (given in any order) writes Nix's stream, byte for byte.
     for args in samples.iter().filter(|a| a.len() > 1).take(3) {
-        let closure = ours(&store, &[&["query", "--requisites"][..], &args.iter().map(String::as_str).collect::<Vec<_>>()].concat()).ok().lines();
+        let closure =
+            ours(&store, &[&["query", "--requisites"][..], &args.iter().map(String::as_str).collect::<Vec<_>>()].concat()).ok().lines();
         let mut shuffled = closure.clone();
         shuffled.reverse();
         let mut e: Vec<&str> = vec!["export"];

@@ -17,7 +17,8 @@ enum Node {
 
 fn node() -> impl Strategy<Value = Node> {
     let leaf = prop_oneof![
-        (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(executable, contents)| Node::File { executable, contents }),
+        (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(executable, contents)| Node::File { executable, contents }),
         "[a-z/._ -]{1,40}".prop_map(|t| Node::Symlink(t.into_bytes())),
     ];
     leaf.prop_recursive(4, 40, 6, |inner| {

@@ -82,11 +82,7 @@ pub fn run_program(argv: &[String], timeout: std::time::Duration) -> Result<Exec
             }
         }
     };
-    Ok(ExecResult {
-        status: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
+    Ok(ExecResult { status: status.code().unwrap_or(-1), stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
 }
 
 impl PolicyHost for OverlayStore {

@@ -110,15 +110,14 @@ impl LuaPolicy {
         }
         let loaded: sandbox::LoadedFiles = Rc::new(RefCell::new(vec![file.to_path_buf()]));
         let lua_err = |e: mlua::Error| PolicyError::Lua(lua_message(&e));
-        let (lua, budget) =
-            sandbox::new_state(
-                &dir,
-                limits.instructions,
-                std::time::Duration::from_secs(limits.wall_clock_secs),
-                (limits.memory_mib as usize).saturating_mul(1 << 20),
-                loaded.clone(),
-            )
-                .map_err(lua_err)?;
+        let (lua, budget) = sandbox::new_state(
+            &dir,
+            limits.instructions,
+            std::time::Duration::from_secs(limits.wall_clock_secs),
+            (limits.memory_mib as usize).saturating_mul(1 << 20),
+            loaded.clone(),
+        )
+        .map_err(lua_err)?;
         api::install_static(&lua, spec, file).map_err(lua_err)?;
         budget.reset();
         let value: Value = lua.load(text).set_mode(ChunkMode::Text).set_name(format!("@{}", file.display())).eval().map_err(lua_err)?;

@@ -257,10 +257,7 @@ mod tests {
         let (lua, budget) = new_state(t.path(), u64::MAX, wall, 64 << 20, Rc::default()).unwrap();
         budget.reset();
         let started = std::time::Instant::now();
-        let e = lua
-            .load("local s = string.rep('a', 5000) while true do string.find(s, '.-b') end")
-            .exec()
-            .unwrap_err();
+        let e = lua.load("local s = string.rep('a', 5000) while true do string.find(s, '.-b') end").exec().unwrap_err();
         assert!(e.to_string().contains("time limit exceeded"), "{e}");
         // A slow call that started before the limit finishes; the next check stops it.
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());

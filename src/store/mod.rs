@@ -113,4 +113,3 @@ pub trait Store {
         Ok(topo_sort(self.closure(roots)?)?.into_iter().map(|i| i.path).collect())
     }
 }
-

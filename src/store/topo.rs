@@ -28,8 +28,7 @@ pub fn check_acyclic(edges: &[Vec<u32>]) -> std::result::Result<(), u32> {
 /// Orders infos dependencies first (Nix's order), over references inside the set.
 pub fn topo_sort(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>> {
     let index: HashMap<&StorePath, u32> = infos.iter().enumerate().map(|(i, p)| (&p.path, i as u32)).collect();
-    let edges: Vec<Vec<u32>> =
-        infos.iter().map(|i| i.references.iter().filter_map(|r| index.get(r).copied()).collect()).collect();
+    let edges: Vec<Vec<u32>> = infos.iter().map(|i| i.references.iter().filter_map(|r| index.get(r).copied()).collect()).collect();
     drop(index);
     let paths: Vec<StorePath> = infos.iter().map(|i| i.path.clone()).collect();
     let order = topo_order(&paths, &edges).map_err(|i| StoreError::Cycle(paths[i as usize].to_string()))?;
@@ -120,8 +119,7 @@ mod tests {
     #[test]
     fn a_long_chain_does_not_overflow() {
         let n = 200_000u32;
-        let paths: Vec<StorePath> =
-            (0..n).map(|i| StorePath::from_basename(&format!("{i:032}-p")).unwrap()).collect();
+        let paths: Vec<StorePath> = (0..n).map(|i| StorePath::from_basename(&format!("{i:032}-p")).unwrap()).collect();
         let edges: Vec<Vec<u32>> = (0..n).map(|i| if i + 1 < n { vec![i + 1] } else { vec![] }).collect();
         let order = topo_order(&paths, &edges).unwrap();
         assert_eq!(order[0], n - 1);

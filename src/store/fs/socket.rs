@@ -32,10 +32,7 @@ fn via_short_path<T>(path: &Path, op: impl FnOnce(&Path) -> io::Result<T>) -> io
         return op(path);
     }
     let (dir, name) = split(path)?;
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(&dir)?;
+    let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).open(&dir)?;
     let short = short_path(&dir, name);
     if short.as_os_str().len() > SUN_PATH_MAX {
         return Err(io::Error::new(
@@ -47,9 +44,10 @@ fn via_short_path<T>(path: &Path, op: impl FnOnce(&Path) -> io::Result<T>) -> io
 }
 
 fn split(path: &Path) -> io::Result<(PathBuf, &OsStr)> {
-    let name = path.file_name().filter(|n| !n.as_bytes().is_empty()).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("'{}' does not name a socket file", path.display()))
-    })?;
+    let name = path
+        .file_name()
+        .filter(|n| !n.as_bytes().is_empty())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("'{}' does not name a socket file", path.display())))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -93,5 +91,4 @@ mod tests {
         let path = base.path().join("y".repeat(120)).join("socket");
         assert_eq!(connect(&path).unwrap_err().kind(), io::ErrorKind::NotFound);
     }
-
 }

@@ -147,7 +147,6 @@ impl PathLock {
     }
 }
 
-
 impl Drop for PathLock {
     fn drop(&mut self) {
         if let Some(lock) = self.lock.take() {
