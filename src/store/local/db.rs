@@ -929,6 +929,28 @@ pub struct Graph {
     pub index: HashMap<StorePath, u32>,
 }
 
+impl Graph {
+    /// `members` (indices) ordered referrers first, so deleting in this order never
+    /// leaves a dangling reference; the one topological sort, over referrer edges.
+    pub fn referrers_first(&self, members: &[u32]) -> Vec<u32> {
+        let local: HashMap<u32, u32> = members.iter().enumerate().map(|(k, &i)| (i, k as u32)).collect();
+        let paths: Vec<StorePath> = members.iter().map(|&i| self.paths[i as usize].clone()).collect();
+        let edges: Vec<Vec<u32>> =
+            members.iter().map(|&i| self.referrers[i as usize].iter().filter_map(|r| local.get(r).copied()).collect()).collect();
+        match crate::store::topo::topo_order(&paths, &edges) {
+            Ok(order) => order.into_iter().map(|k| members[k as usize]).collect(),
+            // Registration refuses cycles, so only a database someone else wrote has one:
+            // then name order, and the referrer re-check inside the deleting transaction
+            // keeps whatever is still referred to.
+            Err(_) => {
+                let mut by_name = members.to_vec();
+                by_name.sort_by(|&a, &b| self.paths[a as usize].cmp(&self.paths[b as usize]));
+                by_name
+            }
+        }
+    }
+}
+
 impl Database {
     pub fn load_graph(&self) -> Result<Graph> {
         let _snap = self.read_snapshot()?;

@@ -16,7 +16,7 @@
 //! from its real directory; an overlay store decides per path between the upper layer,
 //! the mount, or nothing (lower files).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -740,19 +740,5 @@ impl Collector<'_> {
 
 /// Referrers before references (Kahn's algorithm on the doomed subgraph), ties by path.
 fn deletion_order(g: &Graph, doomed: &HashSet<u32>) -> Vec<u32> {
-    let members: Vec<u32> = doomed.iter().copied().collect();
-    let local: HashMap<u32, u32> = members.iter().enumerate().map(|(k, &i)| (i, k as u32)).collect();
-    let paths: Vec<StorePath> = members.iter().map(|&i| g.paths[i as usize].clone()).collect();
-    let edges: Vec<Vec<u32>> =
-        members.iter().map(|&i| g.referrers[i as usize].iter().filter_map(|r| local.get(r).copied()).collect()).collect();
-    match crate::store::topo::topo_order(&paths, &edges) {
-        Ok(order) => order.into_iter().map(|k| members[k as usize]).collect(),
-        // Only a database someone else wrote can cycle; the referrer re-check inside the
-        // deleting transaction keeps whatever is still referred to.
-        Err(_) => {
-            let mut by_name = members;
-            by_name.sort_by(|&a, &b| g.paths[a as usize].cmp(&g.paths[b as usize]));
-            by_name
-        }
-    }
+    g.referrers_first(&doomed.iter().copied().collect::<Vec<_>>())
 }

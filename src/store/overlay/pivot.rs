@@ -10,7 +10,7 @@
 //! journal in the state directory lets the next open restore the old mount if the pivot
 //! died half-way; until the commit, nothing the old setup relies on has changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -364,18 +364,7 @@ impl OverlayStore {
 /// `set`'s paths ordered referrers first, so each deletion leaves no dangling reference.
 fn referrers_first(g: &crate::store::local::db::Graph, set: &HashSet<StorePath>) -> Vec<StorePath> {
     let members: Vec<u32> = set.iter().filter_map(|p| g.index.get(p).copied()).collect();
-    let local: HashMap<u32, u32> = members.iter().enumerate().map(|(k, &i)| (i, k as u32)).collect();
-    let paths: Vec<StorePath> = members.iter().map(|&i| g.paths[i as usize].clone()).collect();
-    let edges: Vec<Vec<u32>> =
-        members.iter().map(|&i| g.referrers[i as usize].iter().filter_map(|r| local.get(r).copied()).collect()).collect();
-    // Registration refuses cycles, so only a database written by someone else has one;
-    // then name order, and deletion's referrer re-check keeps what is still referred to.
-    let order = crate::store::topo::topo_order(&paths, &edges).unwrap_or_else(|_| {
-        let mut by_name: Vec<u32> = (0..paths.len() as u32).collect();
-        by_name.sort_by(|&a, &b| paths[a as usize].cmp(&paths[b as usize]));
-        by_name
-    });
-    let mut out: Vec<StorePath> = order.into_iter().map(|k| paths[k as usize].clone()).collect();
+    let mut out: Vec<StorePath> = g.referrers_first(&members).into_iter().map(|i| g.paths[i as usize].clone()).collect();
     // Paths the graph does not know have nothing to order against.
     let mut rest: Vec<StorePath> = set.iter().filter(|p| !g.index.contains_key(*p)).cloned().collect();
     rest.sort();
