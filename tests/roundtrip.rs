@@ -3,8 +3,9 @@
 
 use std::io::Write;
 
-use overlay_store::format::nar::{self, NarWriter};
+use overlay_store::format::nar::NarWriter;
 use overlay_store::spec::StoreSpec;
+use overlay_store::store::fs::tree;
 use proptest::prelude::*;
 
 /// A file system object as a NAR describes it.
@@ -70,8 +71,8 @@ proptest! {
         let bytes = nar_bytes(&n);
         let dir = tempfile::tempdir().unwrap();
         let at = dir.path().join("object");
-        nar::restore(&mut &bytes[..], &at).unwrap();
-        let again = nar::dump_path(&at, Vec::new()).unwrap();
+        tree::restore(&mut &bytes[..], &at).unwrap();
+        let again = tree::dump(&at, Vec::new()).unwrap();
         prop_assert!(again == bytes, "NAR of the restored tree differs ({} vs {} bytes)", again.len(), bytes.len());
     }
 
@@ -80,7 +81,7 @@ proptest! {
         let bytes = nar_bytes(&n);
         let cut = cut.index(bytes.len());
         let dir = tempfile::tempdir().unwrap();
-        prop_assert!(nar::restore(&mut &bytes[..cut], &dir.path().join("o")).is_err());
+        prop_assert!(tree::restore(&mut &bytes[..cut], &dir.path().join("o")).is_err());
     }
 
     #[test]

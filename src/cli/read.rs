@@ -63,7 +63,7 @@ pub fn run(cmd: ReadCommand, store: &dyn Store, spec: &StoreSpec) -> CliResult {
                 Err(e) => return Err(e),
             };
             let out =
-                overlay_store::format::nar::dump_path(&real, stdout()).map_err(|e| StoreError::Io { path: real.clone(), source: e })?;
+                overlay_store::store::fs::tree::dump(&real, stdout()).map_err(|e| StoreError::Io { path: real.clone(), source: e })?;
             out.into_inner().map_err(|e| out_err(e.into_error()))?.flush().map_err(out_err)
         }
         ReadCommand::Export { paths } => {

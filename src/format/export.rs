@@ -185,7 +185,7 @@ mod tests {
         let sd = StoreDir::default();
         let sp = sd.parse_path("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt").unwrap();
         let mut out = Vec::new();
-        write_item(&mut out, &sd, &sp, &BTreeSet::new(), None, |w| nar::dump_path(&p, w).map(|_| ())).unwrap();
+        write_item(&mut out, &sd, &sp, &BTreeSet::new(), None, |w| crate::store::fs::tree::dump(&p, w).map(|_| ())).unwrap();
         write_end(&mut out).unwrap();
         out
     }

@@ -15,13 +15,14 @@
 //! Directory entries are written in ascending byte order of their names; only the owner
 //! execute bit of a file is recorded. The reader enforces what recent Nix enforces
 //! (sorted, unique, safe names; zero padding; bounded tags, names, targets and depth),
-//! so a hostile archive is an error, never a file outside the target directory.
+//! so a hostile archive is an error, never a file outside the target directory. Reading
+//! and writing trees on disk is `store::fs::tree`.
 
 pub mod reader;
 pub mod writer;
 
-pub use reader::{parse, restore, NarError, NarVisitor};
-pub use writer::{dump_path, dump_path_copying, NarWriter};
+pub use reader::{parse, NarError, NarVisitor};
+pub use writer::NarWriter;
 
 pub const MAGIC: &str = "nix-archive-1";
 /// Longest tag the reader accepts (`directory` is the longest real one).

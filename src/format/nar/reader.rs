@@ -1,9 +1,7 @@
 //! Reading NARs strictly, as a stream of events for a visitor.
 
-use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{padding, MAGIC, MAX_DEPTH, MAX_NAME_LEN, MAX_TAG_LEN, MAX_TARGET_LEN};
@@ -206,72 +204,11 @@ fn parse_node<R: Read + ?Sized>(t: &mut Tokens<R>, v: &mut dyn NarVisitor, path:
     }
 }
 
-/// Restores a NAR into `dst` (which must not exist), canonicalised as a store object.
-/// On error, whatever was created stays for the caller to remove: callers restore into a
-/// temporary name and rename only after success.
-pub fn restore<R: Read>(r: &mut R, dst: &Path) -> Result<(), NarError> {
-    let mut v = Restorer { root: dst.to_path_buf() };
-    parse(r, &mut v)
-}
-
-/// Creates the objects of a NAR below `root`, canonicalised as a store object.
-pub struct Restorer {
-    root: PathBuf,
-}
-
-impl Restorer {
-    pub fn new(root: PathBuf) -> Restorer {
-        Restorer { root }
-    }
-
-    fn target(&self, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        }
-    }
-}
-
-fn restore_err(path: &Path) -> impl FnOnce(io::Error) -> NarError + '_ {
-    move |source| NarError::Restore { path: path.to_path_buf(), source }
-}
-
-impl NarVisitor for Restorer {
-    fn directory(&mut self, rel: &Path) -> Result<(), NarError> {
-        let p = self.target(rel);
-        fs::create_dir(&p).map_err(restore_err(&p))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(restore_err(&p))
-    }
-
-    fn directory_end(&mut self, rel: &Path) -> Result<(), NarError> {
-        let p = self.target(rel);
-        crate::store::local::canonicalise::canonicalise_dir(&p).map_err(restore_err(&p))
-    }
-
-    fn file(&mut self, rel: &Path, executable: bool, size: u64, contents: &mut dyn Read) -> Result<(), NarError> {
-        let p = self.target(rel);
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&p).map_err(restore_err(&p))?;
-        let copied = io::copy(contents, &mut f).map_err(eof)?;
-        if copied != size {
-            return Err(NarError::Truncated);
-        }
-        f.flush().map_err(restore_err(&p))?;
-        drop(f);
-        crate::store::local::canonicalise::canonicalise_file(&p, executable).map_err(restore_err(&p))
-    }
-
-    fn symlink(&mut self, rel: &Path, target: &[u8]) -> Result<(), NarError> {
-        let p = self.target(rel);
-        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p).map_err(restore_err(&p))?;
-        crate::store::local::canonicalise::canonicalise_symlink(&p).map_err(restore_err(&p))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::nar::writer::{dump_path, NarWriter};
+    use crate::format::nar::writer::NarWriter;
+    use crate::store::fs::tree::{dump as dump_path, tests_fixture};
 
     fn nar(build: impl FnOnce(&mut NarWriter<&mut Vec<u8>>)) -> Vec<u8> {
         let mut v = Vec::new();
@@ -300,16 +237,6 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_restore() {
-        let t = tempfile::tempdir().unwrap();
-        let d = crate::format::nar::writer::tests_fixture(t.path());
-        let bytes = dump_path(&d, Vec::new()).unwrap();
-        let out = t.path().join("restored");
-        restore(&mut &bytes[..], &out).unwrap();
-        assert_eq!(dump_path(&out, Vec::new()).unwrap(), bytes);
-    }
-
-    #[test]
     fn hostile_names_rejected() {
         for bad in ["..", ".", "a/b", "", "a\0b"] {
             assert!(matches!(check(&dir_with(&[bad])), Err(NarError::InvalidName(_))), "{bad:?}");
@@ -326,7 +253,7 @@ mod tests {
     #[test]
     fn truncation_anywhere_is_an_error() {
         let t = tempfile::tempdir().unwrap();
-        let d = crate::format::nar::writer::tests_fixture(t.path());
+        let d = tests_fixture(t.path());
         let bytes = dump_path(&d, Vec::new()).unwrap();
         for cut in 0..bytes.len() {
             assert!(check(&bytes[..cut]).is_err(), "cut at {cut}");
@@ -376,18 +303,5 @@ mod tests {
             }
         });
         assert!(matches!(check(&deep), Err(NarError::TooDeep)));
-    }
-
-    #[test]
-    fn restore_refuses_existing_target() {
-        let t = tempfile::tempdir().unwrap();
-        let bytes = nar(|w| {
-            w.magic().unwrap();
-            w.symlink(b"/etc/passwd").unwrap();
-        });
-        let out = t.path().join("exists");
-        fs::write(&out, "x").unwrap();
-        assert!(restore(&mut &bytes[..], &out).is_err());
-        assert_eq!(fs::read(&out).unwrap(), b"x");
     }
 }

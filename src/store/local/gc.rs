@@ -20,7 +20,6 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -29,7 +28,6 @@ use std::time::Duration;
 use rayon::prelude::*;
 
 use crate::format::StorePath;
-use crate::store::local::canonicalise::make_deletable;
 use crate::store::local::db::Graph;
 use crate::store::local::lock::{FileLock, LockKind, PathLock};
 use crate::store::local::roots::{RootFinder, Roots};
@@ -94,12 +92,12 @@ pub struct RealDirRemover {
 
 impl FileRemover for RealDirRemover {
     fn measure(&self, path: &StorePath) -> u64 {
-        measure_tree(&self.real.join(path.basename()))
+        crate::store::fs::tree::measure(&self.real.join(path.basename()))
     }
     fn remove_files(&self, path: &StorePath) -> io::Result<Removed> {
         let p = self.real.join(path.basename());
         let had_files = fs::symlink_metadata(&p).is_ok();
-        Ok(Removed { bytes: remove_tree_counting(&p)?, had_files, bypassed_mount: false })
+        Ok(Removed { bytes: crate::store::fs::tree::remove(&p)?, had_files, bypassed_mount: false })
     }
     fn lock_path_of(&self, path: &StorePath) -> PathBuf {
         self.real.join(format!("{}.lock", path.basename()))
@@ -281,39 +279,6 @@ fn serve_client(conn: std::os::unix::net::UnixStream, shared: Arc<(Mutex<Shared>
     }
 }
 
-/// Counts what Nix counts as freed (sizes of non-directories with at most two links)
-/// and removes a tree without following symlinks.
-pub fn remove_tree_counting(path: &Path) -> io::Result<u64> {
-    let meta = match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        r => r?,
-    };
-    if meta.is_dir() {
-        make_deletable(path)?;
-        let mut bytes = 0;
-        for e in fs::read_dir(path)? {
-            bytes += remove_tree_counting(&e?.path())?;
-        }
-        fs::remove_dir(path)?;
-        Ok(bytes)
-    } else {
-        fs::remove_file(path)?;
-        Ok(if meta.nlink() <= 2 { meta.len() } else { 0 })
-    }
-}
-
-/// The bytes `remove_tree_counting` would free.
-pub fn measure_tree(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
-    if meta.is_dir() {
-        fs::read_dir(path).map(|rd| rd.filter_map(|e| e.ok()).map(|e| measure_tree(&e.path())).sum()).unwrap_or(0)
-    } else if meta.nlink() <= 2 {
-        meta.len()
-    } else {
-        0
-    }
-}
-
 impl GcTarget for LocalStore {
     fn remover(&self) -> Box<dyn FileRemover + '_> {
         Box::new(RealDirRemover { real: self.config().real.clone() })
@@ -331,7 +296,7 @@ impl GcTarget for LocalStore {
         self.config().real.clone()
     }
     fn remove_garbage(&self, name: &OsString) -> io::Result<Removed> {
-        Ok(Removed { bytes: remove_tree_counting(&self.config().real.join(name))?, had_files: true, bypassed_mount: false })
+        Ok(Removed { bytes: crate::store::fs::tree::remove(&self.config().real.join(name))?, had_files: true, bypassed_mount: false })
     }
 }
 

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 use crate::format::export;
 use crate::format::hash::{HashAlgo, HashSink};
-use crate::format::nar::{self, NarError, NarVisitor};
+use crate::format::nar::{NarError, NarVisitor};
 use crate::format::store_path::{validate_name, ContentAddress, FileIngestion};
 use crate::format::StorePath;
-use crate::store::local::canonicalise::remove_tree;
+use crate::store::fs::tree::{self, remove as remove_tree};
 use crate::store::local::{LocalStore, PathLock, Registration};
 use crate::store::{io_err, PathInfo, Result, StoreError};
 
@@ -36,7 +36,7 @@ pub trait IngestTarget {
     /// Removes unregistered leftovers at `path`'s real location before new files go there.
     fn remove_debris(&self, path: &StorePath) -> Result<()> {
         let dest = self.local().config().real.join(path.basename());
-        remove_tree(&dest).map_err(io_err(&dest))
+        remove_tree(&dest).map(drop).map_err(io_err(&dest))
     }
     /// Registers a batch whose files are in place, in one transaction.
     fn register(&mut self, batch: Vec<Registration>) -> Result<()>;
@@ -90,7 +90,7 @@ pub fn add_path(target: &mut dyn IngestTarget, src: &Path) -> Result<StorePath> 
     let sd = store.config().store_dir.clone();
     let tmp = TempObject(Some(store.temp_name("add")?));
     let tmp_path = tmp.0.clone().expect("set");
-    let sink = nar::dump_path_copying(src, &tmp_path, HashSink::new(HashAlgo::Sha256)).map_err(io_err(src))?;
+    let sink = tree::dump_copying(src, &tmp_path, HashSink::new(HashAlgo::Sha256)).map_err(io_err(src))?;
     let (nar_hash, nar_size) = sink.finish();
     let path = sd.make_fixed_output_path(&name, FileIngestion::Recursive, &nar_hash, &BTreeSet::new(), false)?;
     store.add_temp_root(&path)?;
@@ -152,7 +152,7 @@ impl NarVisitor for TempRestorer {
 impl TempRestorer {
     fn visitor(&mut self) -> &mut dyn NarVisitor {
         let root = self.root.clone();
-        self.inner.get_or_insert_with(|| Box::new(nar::reader::Restorer::new(root))).as_mut()
+        self.inner.get_or_insert_with(|| Box::new(tree::Restorer::new(root))).as_mut()
     }
 }
 

@@ -133,7 +133,7 @@ impl PathLock {
                 Ok(None) => return Ok(None),
                 Err(e) if is_planted(&e) && planted < 3 => {
                     planted += 1;
-                    crate::store::local::canonicalise::remove_tree(lock_path)?;
+                    crate::store::fs::tree::remove(lock_path)?;
                     continue;
                 }
                 Err(e) => return Err(e),

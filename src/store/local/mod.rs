@@ -12,7 +12,6 @@
 //! <state>/gcroots/ profiles/ temproots/
 //! ```
 
-pub mod canonicalise;
 pub mod db;
 pub mod gc;
 pub mod ingest;
@@ -30,7 +29,6 @@ use std::path::{Path, PathBuf};
 use crate::format::derivation;
 use crate::format::export;
 use crate::format::hash::{HashAlgo, HashSink};
-use crate::format::nar;
 use crate::format::{DrvOutput, Realisation, StoreDir, StorePath};
 use crate::store::{io_err, topo_sort, PathInfo, Result, Store, StoreError};
 
@@ -291,7 +289,7 @@ impl LocalStore {
     /// Writes the NAR of a path's files (as they are on disk) to `out`.
     pub fn dump<W: Write>(&self, path: &StorePath, out: W) -> Result<W> {
         let real = self.real_path(path);
-        nar::dump_path(&real, out).map_err(io_err(real))
+        crate::store::fs::tree::dump(&real, out).map_err(io_err(real))
     }
 
     /// Writes an export stream of `paths` (not their closure), dependencies first,
@@ -315,7 +313,7 @@ pub fn export_paths<W: Write>(store: &dyn Store, paths: &[StorePath], out: &mut 
         let mut got = None;
         export::write_item(out, &sd, &info.path, &info.references, info.deriver.as_ref(), |w| {
             let tee = Tee { a: w, b: HashSink::new(HashAlgo::Sha256) };
-            let tee = nar::dump_path(&real, tee)?;
+            let tee = crate::store::fs::tree::dump(&real, tee)?;
             got = Some(tee.b.finish().0);
             Ok(())
         })

@@ -9,9 +9,9 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::format::export;
-use crate::format::nar::{self, NarError, NarVisitor};
+use crate::format::nar::{NarError, NarVisitor};
 use crate::format::StorePath;
-use crate::store::local::canonicalise::remove_tree;
+use crate::store::fs::tree::{self, remove as remove_tree};
 use crate::store::local::gc::FileRemover;
 use crate::store::local::verify::hash_path;
 use crate::store::local::{LocalStore, PathLock};
@@ -34,13 +34,13 @@ pub struct RepairReport {
 /// Restores into a temp name, created at the first node.
 struct MaybeRestore {
     root: PathBuf,
-    inner: Option<nar::reader::Restorer>,
+    inner: Option<tree::Restorer>,
 }
 
 impl MaybeRestore {
-    fn v(&mut self) -> Option<&mut nar::reader::Restorer> {
+    fn v(&mut self) -> Option<&mut tree::Restorer> {
         let root = self.root.clone();
-        Some(self.inner.get_or_insert_with(|| nar::reader::Restorer::new(root)))
+        Some(self.inner.get_or_insert_with(|| tree::Restorer::new(root)))
     }
 }
 
@@ -119,8 +119,8 @@ fn fetch(
 fn stream_copy(from: &Path, to: &Path) -> Result<()> {
     let (mut reader, writer) = std::io::pipe().map_err(io_err(to))?;
     std::thread::scope(|s| {
-        let dumper = s.spawn(move || nar::dump_path(from, writer).map(drop));
-        let restored = nar::restore(&mut reader, to);
+        let dumper = s.spawn(move || tree::dump(from, writer).map(drop));
+        let restored = tree::restore(&mut reader, to);
         drop(reader);
         let dumped = dumper.join().expect("NAR dump thread");
         // A dump error closes the pipe and fails the restore too; name the cause.

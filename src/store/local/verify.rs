@@ -9,7 +9,6 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::format::hash::{Hash, HashAlgo, HashSink};
-use crate::format::nar;
 use crate::format::StorePath;
 use crate::store::{topo_sort, PathInfo, Result, Store};
 
@@ -31,7 +30,7 @@ pub struct VerifyReport {
 
 /// The NAR hash and size of a file system object.
 pub fn hash_path(path: &Path, algo: HashAlgo) -> std::io::Result<(Hash, u64)> {
-    Ok(nar::dump_path(path, HashSink::new(algo))?.finish())
+    Ok(crate::store::fs::tree::dump(path, HashSink::new(algo))?.finish())
 }
 
 /// Hashes the given paths' files in parallel; `None` where a file could not be read.

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::format::StorePath;
-use crate::store::local::gc::{measure_tree, remove_tree_counting, FileRemover, GcTarget, Removed};
+use crate::store::fs::tree::{measure as measure_tree, remove as remove_tree_counting};
+use crate::store::local::gc::{FileRemover, GcTarget, Removed};
 use crate::store::local::LocalStore;
 use crate::store::overlay::{mount, OverlayStore};
 use crate::store::{io_err, Result, Store, StoreError};

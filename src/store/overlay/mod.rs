@@ -396,7 +396,7 @@ impl IngestTarget for OverlayStore {
             )));
         }
         let dest = self.plan.real.join(path.basename());
-        crate::store::local::canonicalise::remove_tree(&dest).map_err(io_err(&dest))
+        crate::store::fs::tree::remove(&dest).map(drop).map_err(io_err(&dest))
     }
 
     fn register(&mut self, batch: Vec<Registration>) -> Result<()> {

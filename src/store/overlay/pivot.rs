@@ -15,11 +15,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::format::hash::{HashAlgo, HashSink};
-use crate::format::nar;
 use crate::format::StorePath;
 use crate::spec::StoreSpec;
-use crate::store::local::canonicalise::remove_tree;
-use crate::store::local::gc::{remove_tree_counting, Collector, GcAction, GcLock, GcOptions, GcTarget};
+use crate::store::fs::tree::{self, remove as remove_tree, remove as remove_tree_counting};
+use crate::store::local::gc::{Collector, GcAction, GcLock, GcOptions, GcTarget};
 use crate::store::local::lock::{FileLock, LockKind};
 use crate::store::local::Registration;
 use crate::store::overlay::{copy_up, mount_plan, open_lower, MountPlan, OverlayStore};
@@ -215,7 +214,7 @@ impl OverlayStore {
             for e in plan.copies() {
                 let src = self.plan.lowerdir.join(e.path.basename());
                 let dst = staging.join(e.path.basename());
-                let (hash, _) = nar::dump_path_copying(&src, &dst, HashSink::new(HashAlgo::Sha256)).map_err(io_err(&src))?.finish();
+                let (hash, _) = tree::dump_copying(&src, &dst, HashSink::new(HashAlgo::Sha256)).map_err(io_err(&src))?.finish();
                 let info = self.upper.db().path_info(&e.path)?.ok_or_else(|| StoreError::NotValid(self.store_dir().display(&e.path)))?;
                 if hash != info.nar_hash {
                     return Err(StoreError::Other(format!(
