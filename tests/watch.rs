@@ -265,6 +265,23 @@ fn pivot_to_a_newer_lower_store() {
         assert!(!plan.contains(&shared), "{plan}");
         assert_eq!(ours(&cfg_a, &["check-mount"]).code, 0, "a dry run changes nothing");
 
+        // A running process's temporary root keeps what it uses: without its GC root,
+        // app is dead and lib1 (only in A) would be dropped, unless a temp root holds app.
+        let app_root = base.join("merged/nix/var/nix/gcroots/app");
+        fs::remove_file(&app_root).unwrap();
+        let plan = ours(&cfg_a, &["pivot", "--to", &cfg_b, "--dry-run"]).ok().out();
+        assert!(plan.contains(&format!("drop {lib1}")), "{plan}");
+        {
+            use overlay_store::format::StoreDir;
+            use overlay_store::store::local::temproots::TempRoots;
+            let sd = StoreDir::new("/nix/store");
+            let mut roots = TempRoots::new(&base.join("merged/nix/var/nix"), &sd);
+            roots.add(&sd.parse_path(&app).unwrap()).unwrap();
+            let plan = ours(&cfg_a, &["pivot", "--to", &cfg_b, "--dry-run"]).ok().out();
+            assert!(plan.contains(&format!("copy {lib1}")), "a temp root must keep app's closure: {plan}");
+        }
+        std::os::unix::fs::symlink(&app, &app_root).unwrap();
+
         // kill -9 part-way: the old setup keeps working.
         for d in [2u64, 8, 20] {
             let mut c = Command::new(BIN)
@@ -292,6 +309,40 @@ fn pivot_to_a_newer_lower_store() {
             assert_eq!(v.code, 0, "old setup after kill at {d} ms: {}", v.stderr);
             ours(&cfg_a, &["check-mount"]).ok();
             ours(&cfg_a, &["verify-path", &app]).ok();
+        }
+
+        // kill -9 at the worst moments, deterministically. After the mounts were swapped
+        // but before the commit began, the pivot is undone.
+        let journal = base.join("merged/nix/var/nix/pivot-in-progress");
+        let pivot_killed_at = |cfg: &str, to: &str, point: &str| {
+            let mut c = Command::new(BIN);
+            c.args(["--config", cfg, "pivot", "--to", to]).env("OVERLAY_STORE_KILL_AT", point);
+            let r = run_cmd(&mut c, None);
+            assert_eq!(r.code, -1, "the pivot must die at {point}: {}", r.stderr);
+            assert!(journal.exists(), "killed at {point}, the journal stays for recovery");
+        };
+        pivot_killed_at(&cfg_a, &cfg_b, "pivot-swapped");
+        let v = ours(&cfg_a, &["verify", "--check-contents"]);
+        assert_eq!(v.code, 0, "undone after a kill at pivot-swapped: {}", v.stderr);
+        ours(&cfg_a, &["check-mount"]).ok();
+        assert!(!journal.exists());
+        // Killed once the journal says "committing", before or after the transaction
+        // committed: the pivot is finished either way, whichever spec opens it next.
+        pivot_killed_at(&cfg_a, &cfg_b, "pivot-committing");
+        let r = ours(&cfg_a, &["verify"]);
+        assert_ne!(r.code, 0, "the old spec no longer describes the store");
+        assert!(r.stderr.contains("use the spec that names that lower store"), "{}", r.stderr);
+        assert!(!journal.exists(), "opening with either spec finishes the pivot");
+        for point in ["", "pivot-committed"] {
+            if !point.is_empty() {
+                pivot_killed_at(&cfg_a, &cfg_b, point);
+            }
+            let v = ours(&cfg_b, &["verify", "--check-contents"]);
+            assert_eq!(v.code, 0, "finished after a kill at {point:?}: {}", v.stderr);
+            ours(&cfg_b, &["check-mount"]).ok();
+            ours(&cfg_b, &["verify-path", &app]).ok();
+            assert!(!journal.exists());
+            ours(&cfg_b, &["pivot", "--to", &cfg_a]).ok();
         }
 
         // The real pivot.

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod fs;
+pub mod kill_point;
 pub mod local;
 pub mod overlay;
 pub mod topo;

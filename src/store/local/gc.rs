@@ -254,6 +254,28 @@ impl GcLock {
     pub fn announced(&self, hash_part: &str) -> bool {
         self.server.shared.0.lock().expect("gc socket state").temp_roots.contains(hash_part)
     }
+
+    /// Marks paths (by hash part) as about to go, so a client announcing one from now on
+    /// waits until [`GcLock::release`]; returns those announced already, which must stay.
+    pub fn hold_back<'a>(&self, hash_parts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut s = self.server.shared.0.lock().expect("gc socket state");
+        let mut announced = Vec::new();
+        for h in hash_parts {
+            if s.temp_roots.contains(h) {
+                announced.push(h.to_string());
+            } else {
+                s.pending.insert(h.to_string());
+            }
+        }
+        announced
+    }
+
+    /// Lets clients waiting on held-back paths go on (they then find them gone).
+    pub fn release(&self) {
+        let (lock, cv) = &*self.server.shared;
+        lock.lock().expect("gc socket state").pending.clear();
+        cv.notify_all();
+    }
 }
 
 fn serve_client(conn: std::os::unix::net::UnixStream, shared: Arc<(Mutex<Shared>, Condvar)>) {

@@ -182,7 +182,7 @@ impl OverlayStore {
         let plan = mount_plan(spec)?;
         let lower = open_lower(lower_spec(spec)?)?;
         if !opts.read_only && !spec.read_only {
-            OverlayStore::recover_pivot(&plan, &upper_layer(spec)?, &spec.state)?;
+            OverlayStore::recover_pivot(spec, &plan, &upper_layer(spec)?)?;
         }
         if opts.check_mount && spec.check_mount {
             plan.check()?;

@@ -20,7 +20,7 @@ use crate::spec::StoreSpec;
 use crate::store::fs::tree::{self, remove as remove_tree, remove as remove_tree_counting};
 use crate::store::local::gc::{Collector, GcAction, GcLock, GcOptions, GcTarget};
 use crate::store::local::lock::{FileLock, LockKind};
-use crate::store::local::Registration;
+use crate::store::local::{LocalConfig, LocalStore, Registration};
 use crate::store::overlay::{copy_up, mount_plan, open_lower, MountPlan, OverlayStore};
 use crate::store::{io_err, Result, Store, StoreError};
 
@@ -195,15 +195,23 @@ impl OverlayStore {
         // store can tell a pivot in progress from an interrupted one.
         let journal = journal_path(&state);
         let journal_lock = FileLock::acquire(&journal, LockKind::Exclusive, true).map_err(io_err(&journal))?.expect("blocking");
-        let write_journal = |phase: &str| -> Result<()> {
+        let new_lower_spec = new_spec.lower_store.as_deref().expect("checked by mount_plan");
+        let mut record = Journal {
+            old_lowerdir: self.plan.lowerdir.clone(),
+            new_lowerdir: new_plan.lowerdir.clone(),
+            committing: false,
+            new_lower_uri: new_lower_spec.to_uri(),
+            drops: plan.drops().map(|e| e.path.clone()).collect(),
+            refreshed: plan.refreshed.clone(),
+        };
+        let write_journal = |record: &Journal| -> Result<()> {
             use std::io::{Seek, Write};
             let mut f: &fs::File = journal_lock.file();
             f.set_len(0).and_then(|_| f.seek(std::io::SeekFrom::Start(0))).map_err(io_err(&journal))?;
-            f.write_all(format!("{}\n{}\n{phase}\n", self.plan.lowerdir.display(), new_plan.lowerdir.display()).as_bytes())
-                .map_err(io_err(&journal))?;
+            f.write_all(record.render().as_bytes()).map_err(io_err(&journal))?;
             f.sync_all().map_err(io_err(&journal))
         };
-        write_journal("staging")?;
+        write_journal(&record)?;
 
         // 1. Stage copies of the files only the old lower store has, checked against their rows.
         let staging = staging_dir(&self.upper_layer);
@@ -264,34 +272,32 @@ impl OverlayStore {
             )));
         }
         let _ = remove_tree(&staging);
+        crate::store::kill_point::reached("pivot-swapped");
 
         // 3. The database, in one transaction: drop rows, refresh from the new lower store.
-        //    From here on an interrupted pivot may have committed: recovery rolls forward.
-        write_journal("committing")?;
-        let new_lower = open_lower(new_spec.lower_store.as_deref().expect("checked"))?;
-        let db_result = (|| -> Result<()> {
-            let graph = self.upper.db().load_graph()?;
-            let drop: HashSet<StorePath> = plan.drops().map(|e| e.path.clone()).collect();
-            let order: Vec<StorePath> = referrers_first(&graph, &drop);
-            let mut regs = Vec::new();
-            for p in &plan.refreshed {
-                if let Some(info) = new_lower.path_info(p)? {
-                    let drv_outputs = if p.is_derivation() { new_lower.derivation_outputs(p)?.into_iter().collect() } else { Vec::new() };
-                    regs.push(Registration { info, drv_outputs });
-                }
+        //    Paths about to be dropped are held back on the GC socket first: a process
+        //    that announced one since the liveness check keeps it (the pivot backs out),
+        //    one announcing it from now on waits and then finds it gone.
+        let announced = _gc.hold_back(plan.drops().map(|e| e.path.hash_part()));
+        let new_lower = open_lower(new_lower_spec);
+        let db_result = match (&new_lower, announced.first()) {
+            (_, Some(hash)) => Err(StoreError::Other(format!(
+                "a running process started using the path with hash '{hash}' during the pivot, and the plan drops it; plan again"
+            ))),
+            (Err(e), None) => Err(StoreError::Other(format!("cannot open the new lower store: {e}"))),
+            (Ok(new_lower), None) => {
+                // From here on the pivot rolls forward: the journal holds all the commit
+                // needs, and committing again is harmless, so whether or not a kill lands
+                // before the transaction commits, recovery finishes it the same way.
+                record.committing = true;
+                write_journal(&record).and_then(|_| {
+                    crate::store::kill_point::reached("pivot-committing");
+                    commit_database(&self.upper, new_lower.as_ref(), &record.drops, &record.refreshed)?;
+                    crate::store::kill_point::reached("pivot-committed");
+                    Ok(())
+                })
             }
-            let refs: BTreeSet<StorePath> = regs.iter().flat_map(|r| r.info.references.iter().cloned()).collect();
-            let db = self.upper.db();
-            db.in_tx(|| {
-                db.delete_paths_in_order(&order)?;
-                let mut all = copy_up::lower_closure_registrations(&self.upper, new_lower.as_ref(), refs)?;
-                all.extend(regs);
-                if !all.is_empty() {
-                    db.register(&all)?;
-                }
-                Ok(())
-            })
-        })();
+        };
         if let Err(e) = db_result {
             let _ = new_plan.umount();
             for p in &staged {
@@ -305,22 +311,19 @@ impl OverlayStore {
             )));
         }
         let _ = fs::remove_file(&journal);
-        // Dropped rows' upper files are now unclaimed; remove them through the new mount.
-        for e in plan.drops() {
-            let up = self.upper_layer.join(e.path.basename());
-            if fs::symlink_metadata(&up).is_ok() {
-                let _ = remove_tree_counting(&self.plan.real.join(e.path.basename()));
-            }
-        }
+        _gc.release();
+        remove_dropped_files(&self.upper_layer, &new_plan.real, &record.drops);
         self.plan = new_plan;
-        self.lower = new_lower;
+        self.lower = new_lower.expect("checked above");
         Ok(())
     }
 
-    /// After a pivot that died before its commit: put the old mount back. A pivot still
-    /// running (its journal locked) is left alone; one that died while committing is not
-    /// rolled back (the database may already describe the new lower store).
-    pub(crate) fn recover_pivot(plan: &MountPlan, upper_layer: &Path, state: &Path) -> Result<()> {
+    /// After a pivot that died: one that died before committing is undone (the old mount
+    /// put back), one that died while committing is finished (its database change
+    /// redone from the journal, on the new mount). A pivot still running (its journal
+    /// locked) is left alone.
+    pub(crate) fn recover_pivot(spec: &StoreSpec, plan: &MountPlan, upper_layer: &Path) -> Result<()> {
+        let state = &spec.state;
         let journal = journal_path(state);
         if !journal.exists() {
             return Ok(());
@@ -328,19 +331,44 @@ impl OverlayStore {
         let Ok(Some(_held)) = FileLock::acquire(&journal, LockKind::Exclusive, false) else {
             return Ok(());
         };
-        let Ok(text) = fs::read_to_string(&journal) else { return Ok(()) };
-        let mut lines = text.lines();
-        let (old, new) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
-        if lines.next() == Some("committing") {
-            tracing::warn!(
-                "a pivot from '{old}' to '{new}' was interrupted while committing: it is not rolled back; \
-                 use the spec with the new lower store (and `verify --check-contents`)"
-            );
+        let text = fs::read_to_string(&journal).map_err(io_err(&journal))?;
+        let Some(record) = Journal::parse(&text) else {
+            return Err(StoreError::Other(format!(
+                "the pivot journal '{}' is unreadable; check the mount and the database by hand (`check-mount`, `verify`), then remove it",
+                journal.display()
+            )));
+        };
+        let (old, new) = (record.old_lowerdir.display(), record.new_lowerdir.display());
+        if record.committing {
+            tracing::warn!("a pivot from '{old}' to '{new}' was interrupted while committing: finishing it");
             let _ = remove_tree(&staging_dir(upper_layer));
-            let _ = fs::remove_file(&journal);
+            let new_plan = MountPlan { lowerdir: record.new_lowerdir.clone(), ..plan.clone() };
+            if new_plan.state()? != crate::store::overlay::MountState::Correct {
+                if let crate::store::overlay::MountState::Wrong { .. } = new_plan.state()? {
+                    new_plan.umount()?;
+                }
+                new_plan.mount()?;
+            }
+            let lower_spec = StoreSpec::from_uri(&record.new_lower_uri).map_err(|e| {
+                StoreError::Other(format!("the pivot journal '{}' names a new lower store that does not parse: {e}", journal.display()))
+            })?;
+            let new_lower = open_lower(&lower_spec)?;
+            let mut config = LocalConfig::from_spec(spec);
+            config.create_links_dir = false;
+            let upper = LocalStore::open(config)?;
+            commit_database(&upper, new_lower.as_ref(), &record.drops, &record.refreshed)?;
+            drop(upper);
+            fs::remove_file(&journal).map_err(io_err(&journal))?;
+            remove_dropped_files(upper_layer, &plan.real, &record.drops);
+            if plan.lowerdir != record.new_lowerdir {
+                return Err(StoreError::Other(format!(
+                    "the overlay was pivoted to the lower store '{new}' (an interrupted pivot has now been finished); \
+                     use the spec that names that lower store"
+                )));
+            }
             return Ok(());
         }
-        if Path::new(old) != plan.lowerdir {
+        if plan.lowerdir != record.old_lowerdir {
             tracing::warn!(
                 "a pivot from '{old}' to '{new}' was interrupted; this spec names another lower store, so it is left as it is (re-run the pivot)"
             );
@@ -349,14 +377,110 @@ impl OverlayStore {
         tracing::warn!("a pivot from '{old}' to '{new}' was interrupted before it committed: restoring the old mount");
         let _ = remove_tree(&staging_dir(upper_layer));
         if let crate::store::overlay::MountState::Wrong { .. } = plan.state()? {
-            let wrong = MountPlan { lowerdir: PathBuf::from(new), ..plan.clone() };
+            let wrong = MountPlan { lowerdir: record.new_lowerdir.clone(), ..plan.clone() };
             wrong.umount()?;
         }
-        if plan.workdir.is_some() {
+        if plan.workdir.is_some() && plan.state()? != crate::store::overlay::MountState::Correct {
             plan.mount()?;
         }
         let _ = fs::remove_file(&journal);
         Ok(())
+    }
+}
+
+/// `${state}/pivot-in-progress`, written (and fsynced) before each phase: the lower
+/// store directories, the phase, and everything the commit needs to be redone.
+#[derive(Debug, PartialEq)]
+struct Journal {
+    old_lowerdir: PathBuf,
+    new_lowerdir: PathBuf,
+    committing: bool,
+    new_lower_uri: String,
+    drops: Vec<StorePath>,
+    refreshed: Vec<StorePath>,
+}
+
+impl Journal {
+    fn render(&self) -> String {
+        let mut out = format!(
+            "{}\n{}\n{}\nlower-store {}\n",
+            self.old_lowerdir.display(),
+            self.new_lowerdir.display(),
+            if self.committing { "committing" } else { "staging" },
+            self.new_lower_uri.replace('\n', " ")
+        );
+        for p in &self.drops {
+            out.push_str(&format!("drop {}\n", p.basename()));
+        }
+        for p in &self.refreshed {
+            out.push_str(&format!("refresh {}\n", p.basename()));
+        }
+        out.push_str("end\n");
+        out
+    }
+
+    /// `None` for a journal that is cut short or garbled.
+    fn parse(text: &str) -> Option<Journal> {
+        let mut lines = text.lines();
+        let old_lowerdir = PathBuf::from(lines.next()?);
+        let new_lowerdir = PathBuf::from(lines.next()?);
+        let committing = match lines.next()? {
+            "committing" => true,
+            "staging" => false,
+            _ => return None,
+        };
+        let new_lower_uri = lines.next()?.strip_prefix("lower-store ")?.to_string();
+        let (mut drops, mut refreshed) = (Vec::new(), Vec::new());
+        loop {
+            let line = lines.next()?;
+            if line == "end" {
+                break;
+            }
+            let (kind, base) = line.split_once(' ')?;
+            let path = StorePath::from_basename(base).ok()?;
+            match kind {
+                "drop" => drops.push(path),
+                "refresh" => refreshed.push(path),
+                _ => return None,
+            }
+        }
+        Some(Journal { old_lowerdir, new_lowerdir, committing, new_lower_uri, drops, refreshed })
+    }
+}
+
+/// The pivot's database change, in one transaction: drop `drops` (referrers first) and
+/// register `refreshed` from the new lower store with what their closures lack. Running
+/// it again after it committed changes nothing, which is what makes recovery simple.
+fn commit_database(upper: &LocalStore, new_lower: &dyn Store, drops: &[StorePath], refreshed: &[StorePath]) -> Result<()> {
+    let graph = upper.db().load_graph()?;
+    let drop: HashSet<StorePath> = drops.iter().cloned().collect();
+    let order: Vec<StorePath> = referrers_first(&graph, &drop);
+    let mut regs = Vec::new();
+    for p in refreshed {
+        if let Some(info) = new_lower.path_info(p)? {
+            let drv_outputs = if p.is_derivation() { new_lower.derivation_outputs(p)?.into_iter().collect() } else { Vec::new() };
+            regs.push(Registration { info, drv_outputs });
+        }
+    }
+    let refs: BTreeSet<StorePath> = regs.iter().flat_map(|r| r.info.references.iter().cloned()).collect();
+    let db = upper.db();
+    db.in_tx(|| {
+        db.delete_paths_in_order(&order)?;
+        let mut all = copy_up::lower_closure_registrations(upper, new_lower, refs)?;
+        all.extend(regs);
+        if !all.is_empty() {
+            db.register(&all)?;
+        }
+        Ok(())
+    })
+}
+
+/// Dropped rows' upper files are unclaimed after the commit: removed through the mount.
+fn remove_dropped_files(upper_layer: &Path, real: &Path, drops: &[StorePath]) {
+    for p in drops {
+        if fs::symlink_metadata(upper_layer.join(p.basename())).is_ok() {
+            let _ = remove_tree_counting(&real.join(p.basename()));
+        }
     }
 }
 
@@ -369,4 +493,32 @@ fn referrers_first(g: &crate::store::local::db::Graph, set: &HashSet<StorePath>)
     rest.sort();
     out.extend(rest);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(name: &str) -> StorePath {
+        StorePath::from_basename(&format!("{}-{name}", "0".repeat(32))).unwrap()
+    }
+
+    #[test]
+    fn the_journal_round_trips_and_a_torn_one_is_refused() {
+        let j = Journal {
+            old_lowerdir: "/lower a/ünï".into(),
+            new_lowerdir: "/lower b".into(),
+            committing: true,
+            new_lower_uri: "local?root=/lower%20b".into(),
+            drops: vec![path("one"), path("two")],
+            refreshed: vec![path("three")],
+        };
+        let text = j.render();
+        assert_eq!(Journal::parse(&text), Some(j));
+        // Cut anywhere before the end marker: not a journal to act on.
+        for cut in (0..text.len() - 4).filter(|&c| text.is_char_boundary(c)) {
+            assert_eq!(Journal::parse(&text[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(Journal::parse(&text.replace("committing", "comitting")), None);
+    }
 }
