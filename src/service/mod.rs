@@ -188,7 +188,7 @@ impl Service {
             let debounce = Duration::from_millis(self.current.spec.watch.debounce_ms);
             if dirty_since.is_some_and(|t| t.elapsed() >= debounce) {
                 dirty_since = None;
-                self.reload();
+                self.reload()?;
                 let new_files = self.current.files();
                 let new_dirs = Self::watch_dirs(&new_files);
                 for d in dirs.difference(&new_dirs) {
@@ -241,13 +241,14 @@ impl Service {
     }
 
     /// Loads the edited config and policy; applies them only if they are valid and any
-    /// remount or pivot they need succeeds.
-    fn reload(&mut self) {
+    /// remount or pivot they need succeeds. An error is returned only when the service
+    /// cannot go on: the mount matches neither the old config nor the new one.
+    fn reload(&mut self) -> Result<(), ServiceError> {
         let new = match Loaded::read(&self.config) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("{e} (keeping the previous config and policy)");
-                return;
+                return Ok(());
             }
         };
         let old_plan = self.store.plan().clone();
@@ -255,19 +256,19 @@ impl Service {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("{}: {e} (keeping the previous config and policy)", self.config.display());
-                return;
+                return Ok(());
             }
         };
         if new_plan.lowerdir != old_plan.lowerdir {
             if let Err(e) = self.pivot_to(&new) {
                 tracing::error!("{e} (keeping the previous config and policy)");
-                return;
+                return Ok(());
             }
             tracing::info!("pivoted to {}", new_plan.lowerdir.display());
         } else if new_plan != old_plan {
             if let Err(e) = self.remount_to(&new, &old_plan, &new_plan) {
                 tracing::error!("{e}");
-                return;
+                return Ok(());
             }
             tracing::info!("remounted '{}' with the new settings", new_plan.real.display());
         }
@@ -275,15 +276,38 @@ impl Service {
             Ok(s) => s,
             Err(e) if new_plan == old_plan => {
                 tracing::error!("opening the store with the new config: {e} (keeping the previous config and policy)");
-                return;
+                return Ok(());
+            }
+            Err(e) if new_plan.lowerdir != old_plan.lowerdir => {
+                // The pivot moved the store object along with the mount (and the
+                // database): it still describes what is mounted. Serve it with the new
+                // policy, as the new config says.
+                tracing::error!("pivoted, but opening the store with the new config failed: {e}; serving the pivoted store");
+                self.store.set_policy(new.boxed_policy());
+                self.current = new;
+                return Ok(());
             }
             Err(e) => {
-                // The mount already moved: the old store object no longer matches it.
-                tracing::error!(
-                    "the mount moved to the new settings, but opening the store with them failed: {e}; fix the config and save it again"
-                );
-                self.current = new;
-                return;
+                // The mount moved, but the store object still describes the old one:
+                // move the mount back, so the service never serves a store that does not
+                // match what is mounted.
+                let back = (|| -> StoreResult<()> {
+                    new_plan.umount()?;
+                    old_plan.mount()?;
+                    Ok(old_plan.check()?)
+                })();
+                return match back {
+                    Ok(()) => {
+                        tracing::error!(
+                            "opening the store with the new config failed: {e}; rolled back to the old mount (keeping the previous config and policy)"
+                        );
+                        Ok(())
+                    }
+                    Err(b) => Err(ServiceError::Config(format!(
+                        "opening the store with the new config failed after remounting: {e}; moving back to the old mount failed too: {b}; \
+                         the overlay matches neither config, so watch stops (fix the config or the mount, then start it again)"
+                    ))),
+                };
             }
         };
         let old_spec = std::mem::replace(&mut self.current, new).spec;
@@ -292,6 +316,7 @@ impl Service {
             p.on_reload(&self.store, &old_spec, &self.current.spec);
         }
         tracing::info!("reloaded '{}'", self.config.display());
+        Ok(())
     }
 
     /// Mount-relevant settings changed: the new policy's `remount` hook, else unmount

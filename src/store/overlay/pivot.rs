@@ -204,14 +204,17 @@ impl OverlayStore {
             drops: plan.drops().map(|e| e.path.clone()).collect(),
             refreshed: plan.refreshed.clone(),
         };
-        let write_journal = |record: &Journal| -> Result<()> {
+        // Written once and then only appended to (and fsynced each time), so a kill
+        // mid-write leaves a journal whose cut-off tail tells what had not happened yet.
+        let append_journal = |text: &str| -> Result<()> {
             use std::io::{Seek, Write};
             let mut f: &fs::File = journal_lock.file();
-            f.set_len(0).and_then(|_| f.seek(std::io::SeekFrom::Start(0))).map_err(io_err(&journal))?;
-            f.write_all(record.render().as_bytes()).map_err(io_err(&journal))?;
+            f.seek(std::io::SeekFrom::End(0)).map_err(io_err(&journal))?;
+            f.write_all(text.as_bytes()).map_err(io_err(&journal))?;
             f.sync_all().map_err(io_err(&journal))
         };
-        write_journal(&record)?;
+        journal_lock.file().set_len(0).map_err(io_err(&journal))?;
+        append_journal(&record.render())?;
 
         // 1. Stage copies of the files only the old lower store has, checked against their rows.
         let staging = staging_dir(&self.upper_layer);
@@ -290,7 +293,7 @@ impl OverlayStore {
                 // needs, and committing again is harmless, so whether or not a kill lands
                 // before the transaction commits, recovery finishes it the same way.
                 record.committing = true;
-                write_journal(&record).and_then(|_| {
+                append_journal(COMMITTING).and_then(|_| {
                     crate::store::kill_point::reached("pivot-committing");
                     commit_database(&self.upper, new_lower.as_ref(), &record.drops, &record.refreshed)?;
                     crate::store::kill_point::reached("pivot-committed");
@@ -333,10 +336,11 @@ impl OverlayStore {
         };
         let text = fs::read_to_string(&journal).map_err(io_err(&journal))?;
         let Some(record) = Journal::parse(&text) else {
-            return Err(StoreError::Other(format!(
-                "the pivot journal '{}' is unreadable; check the mount and the database by hand (`check-mount`, `verify`), then remove it",
-                journal.display()
-            )));
+            // Cut off in its first write, before the pivot did anything.
+            tracing::warn!("a pivot was interrupted before it started; nothing to undo");
+            let _ = remove_tree(&staging_dir(upper_layer));
+            fs::remove_file(&journal).map_err(io_err(&journal))?;
+            return Ok(());
         };
         let (old, new) = (record.old_lowerdir.display(), record.new_lowerdir.display());
         if record.committing {
@@ -388,8 +392,11 @@ impl OverlayStore {
     }
 }
 
-/// `${state}/pivot-in-progress`, written (and fsynced) before each phase: the lower
-/// store directories, the phase, and everything the commit needs to be redone.
+/// The line appended to the journal once the commit may begin.
+const COMMITTING: &str = "committing\n";
+
+/// `${state}/pivot-in-progress`: the lower store directories and everything the commit
+/// needs to be redone, ended by `end`; then, once the commit may begin, `committing`.
 #[derive(Debug, PartialEq)]
 struct Journal {
     old_lowerdir: PathBuf,
@@ -403,10 +410,9 @@ struct Journal {
 impl Journal {
     fn render(&self) -> String {
         let mut out = format!(
-            "{}\n{}\n{}\nlower-store {}\n",
+            "{}\n{}\nlower-store {}\n",
             self.old_lowerdir.display(),
             self.new_lowerdir.display(),
-            if self.committing { "committing" } else { "staging" },
             self.new_lower_uri.replace('\n', " ")
         );
         for p in &self.drops {
@@ -416,27 +422,26 @@ impl Journal {
             out.push_str(&format!("refresh {}\n", p.basename()));
         }
         out.push_str("end\n");
+        if self.committing {
+            out.push_str(COMMITTING);
+        }
         out
     }
 
-    /// `None` for a journal that is cut short or garbled.
+    /// `None` for a journal cut short (or garbled) before its `end`.
     fn parse(text: &str) -> Option<Journal> {
-        let mut lines = text.lines();
-        let old_lowerdir = PathBuf::from(lines.next()?);
-        let new_lowerdir = PathBuf::from(lines.next()?);
-        let committing = match lines.next()? {
-            "committing" => true,
-            "staging" => false,
-            _ => return None,
-        };
-        let new_lower_uri = lines.next()?.strip_prefix("lower-store ")?.to_string();
+        let mut lines = text.split_inclusive('\n');
+        let mut line = || lines.next().and_then(|l| l.strip_suffix('\n'));
+        let old_lowerdir = PathBuf::from(line()?);
+        let new_lowerdir = PathBuf::from(line()?);
+        let new_lower_uri = line()?.strip_prefix("lower-store ")?.to_string();
         let (mut drops, mut refreshed) = (Vec::new(), Vec::new());
         loop {
-            let line = lines.next()?;
-            if line == "end" {
+            let entry = line()?;
+            if entry == "end" {
                 break;
             }
-            let (kind, base) = line.split_once(' ')?;
+            let (kind, base) = entry.split_once(' ')?;
             let path = StorePath::from_basename(base).ok()?;
             match kind {
                 "drop" => drops.push(path),
@@ -444,6 +449,8 @@ impl Journal {
                 _ => return None,
             }
         }
+        // Only a whole `committing` line counts: one cut short was never acted on.
+        let committing = line() == Some("committing");
         Some(Journal { old_lowerdir, new_lowerdir, committing, new_lower_uri, drops, refreshed })
     }
 }
@@ -515,10 +522,14 @@ mod tests {
         };
         let text = j.render();
         assert_eq!(Journal::parse(&text), Some(j));
-        // Cut anywhere before the end marker: not a journal to act on.
-        for cut in (0..text.len() - 4).filter(|&c| text.is_char_boundary(c)) {
+        let plan_end = text.find("end\n").unwrap() + 4;
+        // Cut anywhere before the end marker: the first write never finished.
+        for cut in (0..plan_end).filter(|&c| text.is_char_boundary(c)) {
             assert_eq!(Journal::parse(&text[..cut]), None, "cut at {cut}");
         }
-        assert_eq!(Journal::parse(&text.replace("committing", "comitting")), None);
+        // Cut within the appended line: not committing yet.
+        for cut in plan_end..text.len() {
+            assert!(!Journal::parse(&text[..cut]).unwrap().committing, "cut at {cut}");
+        }
     }
 }
