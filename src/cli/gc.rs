@@ -49,10 +49,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn target(opened: &mut Opened) -> &mut dyn GcTarget {
-    match opened {
-        Opened::Local(s) => s,
-        Opened::Overlay(s) => s,
-    }
+    opened.gc_target()
 }
 
 /// Nix 2.8's summary: `%d store paths deleted, %.2f MiB freed`.

@@ -20,11 +20,12 @@ use crate::cli::logging::LogFormat;
 use overlay_store::policy::LuaPolicy;
 use overlay_store::spec::{SpecError, StoreKind, StoreSpec};
 use overlay_store::store::local::gc::RealDirRemover;
-use overlay_store::store::local::ingest::{self, IngestTarget};
+use overlay_store::store::local::ingest;
 use overlay_store::store::local::repair::{self, RepairSource};
 use overlay_store::store::local::verify::{Fix, Verifier};
 use overlay_store::store::local::{LocalConfig, LocalStore};
-use overlay_store::store::overlay::{self, MountError, MountPlan, OpenOptions, OverlayStore};
+use overlay_store::store::overlay::{self, MountError, MountPlan, OverlayStore};
+pub use overlay_store::store::Opened;
 use overlay_store::store::{Store, StoreError};
 
 /// A parsed command line: the global options and the subcommand.
@@ -291,12 +292,6 @@ fn load_spec(cli: &Cli) -> CliResult<StoreSpec> {
     Ok(spec)
 }
 
-/// The store a command works on.
-pub enum Opened {
-    Local(LocalStore),
-    Overlay(OverlayStore),
-}
-
 /// Loads the spec's Lua policy, if it names one.
 pub fn load_policy(spec: &StoreSpec) -> CliResult<Option<LuaPolicy>> {
     match &spec.policy {
@@ -305,56 +300,19 @@ pub fn load_policy(spec: &StoreSpec) -> CliResult<Option<LuaPolicy>> {
     }
 }
 
-impl Opened {
-    fn open(spec: &StoreSpec) -> CliResult<Opened> {
-        match spec.kind {
-            StoreKind::Local => {
-                if let Some(p) = &spec.policy {
-                    tracing::warn!("policy '{}' is not used: policies apply to local-overlay stores", p.display());
-                }
-                Ok(Opened::Local(LocalStore::open(LocalConfig::from_spec(spec))?))
-            }
-            StoreKind::LocalOverlay => {
-                let policy: Box<dyn overlay_store::store::overlay::OverlayPolicy> = match load_policy(spec)? {
-                    Some(p) => Box::new(p),
-                    None => Box::new(overlay_store::store::overlay::NixPolicy),
-                };
-                Ok(Opened::Overlay(OverlayStore::open_with_policy(spec, OpenOptions::default(), policy)?))
-            }
-            StoreKind::Daemon => Err(CliError::Usage("a daemon store can only be used as a lower store".into())),
-        }
+/// Opens the store a spec describes, with its policy loaded (for the CLI's errors).
+fn open_store(spec: &StoreSpec) -> CliResult<Opened> {
+    let policy: Box<dyn overlay_store::store::overlay::OverlayPolicy> = match spec.kind {
+        StoreKind::LocalOverlay => match load_policy(spec)? {
+            Some(p) => Box::new(p),
+            None => Box::new(overlay_store::store::overlay::NixPolicy),
+        },
+        _ => Box::new(overlay_store::store::overlay::NixPolicy),
+    };
+    if spec.kind == StoreKind::Daemon {
+        return Err(CliError::Usage("a daemon store can only be used as a lower store".into()));
     }
-
-    /// Hook failures whose safe default changed what the command did.
-    fn consequential_policy_failures(&self) -> usize {
-        match self {
-            Opened::Local(_) => 0,
-            Opened::Overlay(o) => o.policy().failures().iter().filter(|f| f.changed_outcome).count(),
-        }
-    }
-
-    fn store(&self) -> &dyn Store {
-        match self {
-            Opened::Local(s) => s,
-            Opened::Overlay(s) => s,
-        }
-    }
-
-    fn ingest(&mut self) -> &mut dyn IngestTarget {
-        match self {
-            Opened::Local(s) => s,
-            Opened::Overlay(s) => s,
-        }
-    }
-
-    /// The store holding the database rows (for an overlay: the upper store, whose real
-    /// directory is the mount, so files are checked through it).
-    fn registry(&mut self) -> &mut LocalStore {
-        match self {
-            Opened::Local(s) => s,
-            Opened::Overlay(s) => s.upper_mut(),
-        }
-    }
+    Ok(Opened::open(spec, policy)?)
 }
 
 fn overlay_plan(spec: &StoreSpec, command: &str) -> CliResult<MountPlan> {
@@ -380,7 +338,7 @@ struct Session {
 
 impl Session {
     fn open(&mut self, spec: &StoreSpec) -> CliResult<&mut Opened> {
-        Ok(self.opened.insert(Opened::open(spec)?))
+        Ok(self.opened.insert(open_store(spec)?))
     }
 
     /// For commands that only read. An existing local store is then opened as a reader:

@@ -82,10 +82,7 @@ pub fn run(cmd: RealisationCommand, opened: &mut Opened) -> CliResult {
                 }
             };
             let batch = Realisation::list_from_json(&text).map_err(|e| CliError::Usage(format!("{source}: {e}")))?;
-            match opened {
-                Opened::Local(s) => s.register_realisations(&batch)?,
-                Opened::Overlay(s) => s.register_realisations(&batch)?,
-            }
+            opened.register_realisations(&batch)?;
             let store = opened.store();
             let mut out = stdout();
             for r in &batch {

@@ -7,9 +7,11 @@ pub mod daemon;
 pub mod fs;
 pub mod kill_point;
 pub mod local;
+pub mod opened;
 pub mod overlay;
 pub mod topo;
 
+pub use opened::Opened;
 pub use topo::topo_sort;
 
 use std::collections::{BTreeMap, BTreeSet};
