@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{SpecError, SpecErrorKind};
 use super::{
-    GcSpec, MountSpec, PolicyLimits, SpecOrigin, StoreKind, StoreSpec, WatchSpec, DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR,
+    GcSpec, MountSpec, PolicyLimits, ServeSpec, SpecOrigin, StoreKind, StoreSpec, WatchSpec, DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR,
     DEFAULT_STATE_DIR, DEFAULT_STORE_DIR,
 };
 
@@ -112,6 +112,7 @@ pub(crate) struct Draft {
     pub mount: Option<At<MountSpec>>,
     pub gc: Option<GcSpec>,
     pub watch: Option<WatchSpec>,
+    pub serve: Option<ServeSpec>,
     pub policy_limits: Option<PolicyLimits>,
 }
 
@@ -304,6 +305,7 @@ impl Draft {
             mount: self.mount.map(|a| a.value),
             gc: self.gc.unwrap_or_default(),
             watch: self.watch.unwrap_or_default(),
+            serve: self.serve.unwrap_or_default(),
             policy_limits: self.policy_limits.unwrap_or_default(),
             origin: SpecOrigin::Uri(String::new()),
             files: Vec::new(),

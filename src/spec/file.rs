@@ -17,7 +17,7 @@ use toml::{Spanned, Value};
 use super::draft::{At, Draft, Pos, RealDefault, Site};
 use super::error::{Place, SpecError, SpecErrorKind};
 use super::util::{absolute, describe, normalize, unknown_hint};
-use super::{uri, GcSpec, MountSpec, PolicyLimits, SpecOrigin, StoreKind, StoreSpec, WatchSpec, MAX_NESTING};
+use super::{uri, GcSpec, MountSpec, PolicyLimits, ServeSpec, SpecOrigin, StoreKind, StoreSpec, WatchSpec, MAX_NESTING};
 
 /// Every key of a store table, in the order the docs list them.
 const STORE_KEYS: &[&str] = &[
@@ -39,11 +39,13 @@ const STORE_KEYS: &[&str] = &[
     "mount",
     "gc",
     "watch",
+    "serve",
     "policy-limits",
 ];
 const MOUNT_KEYS: &[&str] = &["workdir", "options"];
 const GC_KEYS: &[&str] = &["keep-derivations", "keep-outputs"];
 const WATCH_KEYS: &[&str] = &["debounce-ms", "gc-interval-secs", "optimise-interval-secs"];
+const SERVE_KEYS: &[&str] = &["socket", "socket-mode", "trusted-users", "allowed-users", "max-connections", "builder"];
 const POLICY_LIMITS_KEYS: &[&str] = &["instructions", "memory-mib", "wall-clock-secs"];
 
 /// Whether a `--store` argument or `lower-store` string names a spec file
@@ -329,7 +331,7 @@ impl Reader<'_> {
                     d.lower_store = Some(At { value, pos });
                     d.missing_at = pos.or(d.missing_at);
                 }
-                "policy" | "mount" | "gc" | "watch" | "policy-limits" => {
+                "policy" | "mount" | "gc" | "watch" | "serve" | "policy-limits" => {
                     if level == Level::Inline {
                         return Err(site.error(
                             key,
@@ -344,6 +346,7 @@ impl Reader<'_> {
                         "mount" => top.mount = Some(At { value: self.mount(&site, e, pos)?, pos }),
                         "gc" => top.gc = Some(gc(&site, e, pos, self)?),
                         "watch" => top.watch = Some(watch(&site, e, pos, self)?),
+                        "serve" => top.serve = Some(self.serve(&site, e, pos)?),
                         _ => top.policy_limits = Some(policy_limits(&site, e, pos, self)?),
                     }
                     if level == Level::Included {
@@ -358,6 +361,7 @@ impl Reader<'_> {
                         d.mount = top.mount.or(d.mount);
                         d.gc = top.gc.or(d.gc);
                         d.watch = top.watch.or(d.watch);
+                        d.serve = top.serve.or(d.serve);
                         d.policy_limits = top.policy_limits.or(d.policy_limits);
                     }
                 }
@@ -382,6 +386,36 @@ impl Reader<'_> {
         check_path_text(site, key, s, pos)?;
         let value = if resolve { normalize(&self.doc.dir.join(s)) } else { normalize(Path::new(s)) };
         Ok(At { value, pos })
+    }
+
+    /// The `[serve]` table.
+    fn serve(&self, site: &Site, e: &Entry, pos: Pos) -> Result<ServeSpec, SpecError> {
+        let mut serve = ServeSpec::default();
+        for sub in table(site, "serve", e, pos)? {
+            let spos = self.pos(sub);
+            let key = format!("serve.{}", sub.key);
+            match sub.key.as_str() {
+                "socket" => serve.socket = Some(self.path(site, &key, sub, spos, true)?.value),
+                "socket-mode" => {
+                    let mode = integer(site, &key, &sub.value, spos, 0)?;
+                    if mode > 0o777 {
+                        return Err(site.error(&key, spos, format!("expected permission bits such as 0o660, found {mode:#o}")));
+                    }
+                    serve.socket_mode = mode as u32;
+                }
+                "trusted-users" => serve.trusted_users = strings(site, &key, &sub.value, spos)?,
+                "allowed-users" => serve.allowed_users = strings(site, &key, &sub.value, spos)?,
+                "max-connections" => serve.max_connections = integer(site, &key, &sub.value, spos, 1)?,
+                "builder" => {
+                    serve.builder = strings(site, &key, &sub.value, spos)?;
+                    if serve.builder.is_empty() {
+                        return Err(site.error(&key, spos, "expected the builder command, such as [\"nix-store\"], found an empty array"));
+                    }
+                }
+                other => return Err(unknown(site, "serve", other, spos, SERVE_KEYS)),
+            }
+        }
+        Ok(serve)
     }
 
     /// `lower-store`: a table, or a string naming a file, a root or a URI.
@@ -532,6 +566,20 @@ fn integer(site: &Site, key: &str, v: &Node, pos: Pos, min: u64) -> Result<u64, 
         Node::Scalar(Value::Integer(i)) if u64::try_from(*i).is_ok_and(|u| u >= min) => Ok(*i as u64),
         other => Err(site.error(key, pos, format!("expected {expected}, found {}", describe_node(other)))),
     }
+}
+
+fn strings(site: &Site, key: &str, v: &Node, pos: Pos) -> Result<Vec<String>, SpecError> {
+    let Node::Array(items) = v else {
+        return Err(site.error(key, pos, format!("expected an array of strings, found {}", describe_node(v))));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Node::Scalar(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            other => Err(site.error(key, pos, format!("expected non-empty strings, but element {} is {}", i + 1, describe_node(other)))),
+        })
+        .collect()
 }
 
 fn table<'e>(site: &Site, key: &str, e: &'e Entry, pos: Pos) -> Result<&'e [Entry], SpecError> {

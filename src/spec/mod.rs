@@ -37,6 +37,14 @@
 //! [watch]                           # top level only
 //! debounce-ms = 200
 //!
+//! [serve]                           # top level only: `overlay-store serve`
+//! socket = "/run/overlay-store/socket"  # default <state>/daemon-socket/socket
+//! socket-mode = 0o666
+//! trusted-users = ["root"]
+//! allowed-users = ["*"]
+//! max-connections = 64
+//! builder = ["nix-store"]
+//!
 //! [policy-limits]                   # top level only
 //! instructions = 100000000
 //! memory-mib = 64
@@ -54,7 +62,7 @@
 //!   file; it is parsed like an inline table and recorded in
 //!   [`StoreSpec::files`]), a path (`/abs` or `./rel`: a local store with that
 //!   root), or a store URI.
-//! * `policy`, `[mount]`, `[gc]`, `[watch]` and `[policy-limits]` describe what
+//! * `policy`, `[mount]`, `[gc]`, `[watch]`, `[serve]` and `[policy-limits]` describe what
 //!   overlay-store does to the store it runs on, and it never mounts, collects,
 //!   watches or runs policies on a lower store. In an inline lower store table
 //!   they are errors; in an included `.toml` file (which may be another
@@ -179,6 +187,34 @@ impl Default for WatchSpec {
     }
 }
 
+/// The `[serve]` table: how `overlay-store serve` listens and whom it trusts, with
+/// `nix-daemon`'s meanings (`trusted-users`, `allowed-users`: user names, `@group`, `*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeSpec {
+    /// The socket to listen on; `None` means `<state>/daemon-socket/socket`.
+    pub socket: Option<PathBuf>,
+    pub socket_mode: u32,
+    pub trusted_users: Vec<String>,
+    pub allowed_users: Vec<String>,
+    pub max_connections: u64,
+    /// The command (and leading arguments) that builds derivations for clients: stock
+    /// Nix's `nix-store`, run against the overlay as a local store.
+    pub builder: Vec<String>,
+}
+
+impl Default for ServeSpec {
+    fn default() -> Self {
+        ServeSpec {
+            socket: None,
+            socket_mode: 0o666,
+            trusted_users: vec!["root".into()],
+            allowed_users: vec!["*".into()],
+            max_connections: 64,
+            builder: vec!["nix-store".into()],
+        }
+    }
+}
+
 /// The `[policy-limits]` table: budgets for each Lua hook call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyLimits {
@@ -242,6 +278,7 @@ pub struct StoreSpec {
     pub mount: Option<MountSpec>,
     pub gc: GcSpec,
     pub watch: WatchSpec,
+    pub serve: ServeSpec,
     pub policy_limits: PolicyLimits,
     pub origin: SpecOrigin,
     /// Every file read to build this spec (the main one first, then included

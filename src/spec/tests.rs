@@ -851,3 +851,28 @@ fn parse_arg_forms() {
     assert!(matches!(e.kind(), SpecErrorKind::Io { included_from: None, .. }), "{e}");
     assert!(StoreSpec::parse_arg("relative/root").is_err());
 }
+
+#[test]
+fn serve_table_with_defaults_and_clear_errors() {
+    let s = toml_ok("root = \"/x\"\n");
+    assert_eq!(s.serve, ServeSpec::default());
+    let s = toml_ok(
+        "root = \"/x\"\n[serve]\nsocket = \"run/sock\"\nsocket-mode = 0o660\ntrusted-users = [\"root\", \"@wheel\"]\nallowed-users = [\"alice\"]\nmax-connections = 8\nbuilder = [\"/usr/bin/nix-store\", \"--option\", \"sandbox\", \"false\"]\n",
+    );
+    assert_eq!(s.serve.socket, Some(p("/etc/overlay/run/sock")));
+    assert_eq!(s.serve.socket_mode, 0o660);
+    assert_eq!(s.serve.trusted_users, ["root", "@wheel"]);
+    assert_eq!(s.serve.allowed_users, ["alice"]);
+    assert_eq!(s.serve.max_connections, 8);
+    assert_eq!(s.serve.builder[0], "/usr/bin/nix-store");
+    let e = toml_err("root = \"/x\"\n[serve]\nsocket-mode = 0o7777\n");
+    assert!(e.contains("serve.socket-mode") && e.contains("0o7777"), "{e}");
+    let e = toml_err("root = \"/x\"\n[serve]\ntrusted-users = \"root\"\n");
+    assert!(e.contains("serve.trusted-users") && e.contains("array of strings"), "{e}");
+    let e = toml_err("root = \"/x\"\n[serve]\nbuilder = []\n");
+    assert!(e.contains("serve.builder"), "{e}");
+    let e = toml_err("root = \"/x\"\n[serve]\nmax-conections = 3\n");
+    assert!(e.contains("max-connections"), "a typo gets a suggestion: {e}");
+    let e = toml_err("[lower-store]\nroot = \"/l\"\n[lower-store.serve]\nsocket = \"s\"\n");
+    assert!(e.contains("only allowed in the top-level"), "{e}");
+}
