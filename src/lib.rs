@@ -11,6 +11,7 @@
 
 pub mod format;
 pub mod policy;
+pub mod serve;
 pub mod service;
 pub mod spec;
 pub mod store;

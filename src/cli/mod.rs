@@ -8,6 +8,7 @@ mod paths;
 mod query;
 mod read;
 mod realisation;
+mod serve;
 mod watch;
 
 use std::ffi::OsString;
@@ -212,6 +213,15 @@ enum Command {
     /// Run as a service: keep the overlay mounted, reload the config and policy when they
     /// change (remounting or pivoting when needed), and run scheduled GC and optimise.
     Watch,
+    /// Serve the store to stock Nix on a daemon socket (the Nix worker protocol), so
+    /// `nix-store --store unix://SOCKET …`, `nix copy` and `nix-build` use it safely.
+    /// Prints `serving …` on stderr when ready; stops on SIGTERM or SIGINT.
+    Serve {
+        /// The socket to listen on (default: `[serve] socket`, else
+        /// STATE/daemon-socket/socket).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -511,6 +521,7 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             };
             crate::cli::watch::run(&file, spec)
         }
+        Command::Serve { socket } => crate::cli::serve::run(spec, socket),
         Command::Delete { paths, json } => {
             let opened = session.open(&spec)?;
             gc::delete(opened, &spec, &paths, json)

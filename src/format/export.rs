@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 
-use super::hash::{Hash, HashAlgo, Hasher};
+use super::hash::{Hash, HashAlgo, HashingReader};
 use super::nar::{self, NarError, NarVisitor};
 use super::store_path::{StoreDir, StorePath, StorePathError};
 
@@ -56,22 +56,6 @@ pub struct ExportItem {
     pub nar_size: u64,
 }
 
-/// Hashes and counts the bytes read through it.
-struct HashingReader<'a, R: Read + ?Sized> {
-    inner: &'a mut R,
-    hasher: Hasher,
-    len: u64,
-}
-
-impl<R: Read + ?Sized> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-}
-
 fn read_u64<R: Read + ?Sized>(r: &mut R) -> Result<u64, ExportError> {
     let mut b = [0u8; 8];
     r.read_exact(&mut b)?;
@@ -111,9 +95,9 @@ pub fn read_item<R: Read + ?Sized>(
         1 => {}
         n => return Err(ExportError::Corrupt(format!("expected 0 or 1 before an item, got {n}"))),
     }
-    let mut hr = HashingReader { inner: r, hasher: Hasher::new(HashAlgo::Sha256), len: 0 };
+    let mut hr = HashingReader::new(r, HashAlgo::Sha256);
     nar::parse(&mut hr, visitor)?;
-    let (nar_hash, nar_size) = (hr.hasher.finish(), hr.len);
+    let (nar_hash, nar_size) = hr.finish();
     let magic = read_u64(r)?;
     if magic != EXPORT_MAGIC {
         return Err(ExportError::Corrupt(format!("bad item magic {magic:#x} (expected 0x4558494e)")));

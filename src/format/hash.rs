@@ -286,3 +286,30 @@ mod tests {
         assert_eq!(Hash::sha256(b"").to_nix32(), "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
     }
 }
+
+/// Hashes and counts the bytes read through it (a NAR on its way in).
+pub struct HashingReader<'a, R: std::io::Read + ?Sized> {
+    inner: &'a mut R,
+    hasher: Hasher,
+    len: u64,
+}
+
+impl<'a, R: std::io::Read + ?Sized> HashingReader<'a, R> {
+    pub fn new(inner: &'a mut R, algo: HashAlgo) -> Self {
+        HashingReader { inner, hasher: Hasher::new(algo), len: 0 }
+    }
+
+    /// The hash and the number of bytes read.
+    pub fn finish(self) -> (Hash, u64) {
+        (self.hasher.finish(), self.len)
+    }
+}
+
+impl<R: std::io::Read + ?Sized> std::io::Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}

@@ -128,7 +128,7 @@ pub fn nix_with(config: &str, scratch: &Scratch, program: &str, args: &[&str], s
     nix_env(config, scratch, program, args, stdin, &[])
 }
 
-fn nix_env(config: &str, scratch: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &std::ffi::OsStr)]) -> Run {
+pub fn nix_env(config: &str, scratch: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &std::ffi::OsStr)]) -> Run {
     let home = scratch.join("home");
     fs::create_dir_all(&home).unwrap();
     let mut c = Command::new(program);
@@ -371,4 +371,9 @@ pub fn add(store: &str, file: &str) -> String {
 /// The base name of a store path.
 pub fn base_of(p: &str) -> String {
     Path::new(p).file_name().unwrap().to_str().unwrap().to_string()
+}
+
+/// Connects to a Unix socket however long its path (through the directory's descriptor).
+pub fn connect_long(path: &Path) -> std::os::unix::net::UnixStream {
+    overlay_store::store::fs::socket::connect(path).expect("connect")
 }

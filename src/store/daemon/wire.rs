@@ -1,22 +1,22 @@
 //! The framing of the Nix worker protocol, read strictly: every integer is a u64
 //! little-endian, every string a length, its bytes and zero padding to 8; lengths and
-//! counts are bounded, so a broken or hostile daemon gives an error, never a huge
-//! allocation or a hang (reads time out).
+//! counts are bounded, so a broken or hostile peer (a daemon we query, a client we
+//! serve) gives an error, never a huge allocation or a hang (reads time out).
 
 use std::io::{self, Read, Write};
 
-/// Longest string accepted from the daemon (log lines and error messages included).
+/// Longest string accepted from the peer (log lines and error messages included).
 pub const MAX_STRING: u64 = 1 << 20;
 /// Most items accepted in one set, list or map.
 pub const MAX_ITEMS: u64 = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("the daemon closed the connection")]
+    #[error("the other side closed the connection")]
     Closed,
-    #[error("the daemon did not answer within the read timeout")]
+    #[error("no answer within the read timeout")]
     Timeout,
-    #[error("the daemon sent a malformed reply: {0}")]
+    #[error("malformed worker protocol data: {0}")]
     Malformed(String),
     #[error("{0}")]
     Io(#[from] io::Error),

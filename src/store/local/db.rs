@@ -1019,6 +1019,24 @@ impl Database {
 
 impl Database {
     /// Deletes rows in the given order (referrers first) in one transaction.
+    /// Adds signatures to a valid path's row (keeping those it has), as Nix does.
+    pub fn add_signatures(&self, path: &StorePath, sigs: &[String]) -> Result<()> {
+        self.in_tx(|| {
+            let p = self.store_dir.display(path);
+            let have: Option<Option<String>> = self
+                .conn
+                .query_row("select sigs from ValidPaths where path = ?", [&p], |r| r.get(0))
+                .optional()
+                .map_err(self.err())?;
+            let Some(have) = have else { return Err(StoreError::NotValid(p)) };
+            let mut all: BTreeSet<String> = have.unwrap_or_default().split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
+            all.extend(sigs.iter().filter(|s| !s.is_empty() && !s.contains(' ')).cloned());
+            let joined = all.into_iter().collect::<Vec<_>>().join(" ");
+            self.conn.execute("update ValidPaths set sigs = ? where path = ?", [&joined, &p]).map_err(self.err())?;
+            Ok(())
+        })
+    }
+
     pub fn delete_paths_in_order(&self, paths: &[StorePath]) -> Result<()> {
         self.in_tx(|| {
             let mut del = self.conn.prepare_cached("delete from ValidPaths where path = ?").map_err(self.err())?;

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::format::export;
-use crate::format::hash::{HashAlgo, HashSink};
+use crate::format::hash::{HashAlgo, HashSink, HashingReader};
 use crate::format::nar::{NarError, NarVisitor};
 use crate::format::store_path::{validate_name, ContentAddress, FileIngestion};
 use crate::format::StorePath;
@@ -158,66 +158,203 @@ impl TempRestorer {
 
 /// `nix-store --import`: reads an export stream and registers every new path in it, all
 /// in one transaction. Returns every path of the stream, in stream order.
-///
-/// Every item is first restored under a temporary name; then the paths are locked in
-/// sorted order (so two imports never wait on each other in a cycle), moved into place
-/// and registered. On any error the files placed so far are removed while their locks
-/// are still held, and nothing is registered.
 pub fn import(target: &mut dyn IngestTarget, input: &mut dyn Read) -> Result<Vec<StorePath>> {
     let sd = target.local().config().store_dir.clone();
     let mut all = Vec::new();
-    let mut staged: Vec<(export::ExportItem, TempObject)> = Vec::new();
+    let mut staging = Staging::new(target);
     loop {
-        let tmp = TempObject(Some(target.local().temp_name("import")?));
+        let tmp = TempObject(Some(staging.target.local().temp_name("import")?));
         let tmp_path = tmp.0.clone().expect("set");
         let mut restorer = TempRestorer { root: tmp_path, inner: None };
         let Some(item) = export::read_item(input, &sd, &mut restorer)? else {
             break;
         };
         all.push(item.path.clone());
-        target.local().add_temp_root(&item.path)?;
-        staged.push((item, tmp));
+        staging.target.local().add_temp_root(&item.path)?;
+        let info = PathInfo {
+            path: item.path,
+            deriver: item.deriver,
+            nar_hash: item.nar_hash,
+            references: item.references,
+            registration_time: 0,
+            nar_size: item.nar_size,
+            ultimate: false,
+            sigs: BTreeSet::new(),
+            ca: None,
+        };
+        staging.staged.push((info, tmp));
     }
-    let mut order: Vec<usize> = (0..staged.len()).collect();
-    order.sort_by(|&a, &b| staged[a].0.path.cmp(&staged[b].0.path));
-    order.dedup_by(|a, b| staged[*a].0.path == staged[*b].0.path);
-    // Declared before `placed`, so on an early return the placed files go first.
-    let mut locks = Vec::new();
-    let mut placed: Vec<TempObject> = Vec::new();
-    let mut batch = Vec::new();
-    for &i in &order {
-        let path = staged[i].0.path.clone();
-        let lock_file = target.local().lock_path_of(&path);
-        locks.push(PathLock::acquire(&lock_file, true).map_err(io_err(&lock_file))?);
-        if target.is_present_quietly(&path)? {
-            continue;
-        }
-        let tmp_path = staged[i].1 .0.clone().expect("staged");
-        let dest = move_into_place(target, &tmp_path, &path)?;
-        staged[i].1 .0 = None;
-        placed.push(TempObject(Some(dest.clone())));
-        let drv_outputs = target.local().read_drv_outputs(&path, &dest)?;
-        let item = &staged[i].0;
-        batch.push(Registration {
-            info: PathInfo {
-                path,
-                deriver: item.deriver.clone(),
-                nar_hash: item.nar_hash,
-                references: item.references.clone(),
-                registration_time: 0,
-                nar_size: item.nar_size,
-                ultimate: false,
-                sigs: BTreeSet::new(),
-                ca: None,
-            },
-            drv_outputs,
-        });
-    }
-    if !batch.is_empty() {
-        target.register(batch)?;
-    }
-    // Registered: the files are the store's now, not debris to clean up.
-    placed.iter_mut().for_each(|p| drop(p.0.take()));
-    drop(locks);
+    staging.commit()?;
     Ok(all)
+}
+
+/// New store objects restored under temporary names, registered together by
+/// [`Staging::commit`] or not at all (dropping it removes what was staged).
+///
+/// The commit locks the paths in sorted order (so two ingestions never wait on each
+/// other in a cycle), moves them into place and registers them in one transaction; on
+/// any error the files placed so far are removed while their locks are still held.
+pub struct Staging<'t> {
+    target: &'t mut dyn IngestTarget,
+    staged: Vec<(PathInfo, TempObject)>,
+}
+
+impl<'t> Staging<'t> {
+    pub fn new(target: &'t mut dyn IngestTarget) -> Staging<'t> {
+        Staging { target, staged: Vec::new() }
+    }
+
+    /// Restores the NAR of `info.path` read from `nar` (exactly one NAR; the stream may
+    /// go on), checking it against the NAR hash and size `info` claims.
+    pub fn stage(&mut self, info: PathInfo, nar: &mut dyn Read) -> Result<()> {
+        let sd = self.target.local().config().store_dir.clone();
+        let tmp = TempObject(Some(self.target.local().temp_name("upload")?));
+        let mut restorer = TempRestorer { root: tmp.0.clone().expect("set"), inner: None };
+        let mut hashing = HashingReader::new(nar, info.nar_hash.algo());
+        crate::format::nar::parse(&mut hashing, &mut restorer)?;
+        let (got, size) = hashing.finish();
+        if got != info.nar_hash {
+            return Err(StoreError::Other(format!(
+                "hash mismatch importing path '{}';\n  specified: {}\n  got:       {}",
+                sd.display(&info.path),
+                info.nar_hash.to_nix32_string(),
+                got.to_nix32_string()
+            )));
+        }
+        if size != info.nar_size {
+            return Err(StoreError::Other(format!(
+                "size mismatch importing path '{}';\n  specified: {}\n  got:       {size}",
+                sd.display(&info.path),
+                info.nar_size
+            )));
+        }
+        self.target.local().add_temp_root(&info.path)?;
+        self.staged.push((info, tmp));
+        Ok(())
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let target = &mut *self.target;
+        let staged = &mut self.staged;
+        let mut order: Vec<usize> = (0..staged.len()).collect();
+        order.sort_by(|&a, &b| staged[a].0.path.cmp(&staged[b].0.path));
+        order.dedup_by(|a, b| staged[*a].0.path == staged[*b].0.path);
+        // Declared before `placed`, so on an early return the placed files go first.
+        let mut locks = Vec::new();
+        let mut placed: Vec<TempObject> = Vec::new();
+        let mut batch = Vec::new();
+        for &i in &order {
+            let path = staged[i].0.path.clone();
+            let lock_file = target.local().lock_path_of(&path);
+            locks.push(PathLock::acquire(&lock_file, true).map_err(io_err(&lock_file))?);
+            if target.is_present_quietly(&path)? {
+                continue;
+            }
+            let tmp_path = staged[i].1 .0.clone().expect("staged");
+            let dest = move_into_place(target, &tmp_path, &path)?;
+            staged[i].1 .0 = None;
+            placed.push(TempObject(Some(dest.clone())));
+            let drv_outputs = target.local().read_drv_outputs(&path, &dest)?;
+            batch.push(Registration { info: staged[i].0.clone(), drv_outputs });
+        }
+        if !batch.is_empty() {
+            target.register(batch)?;
+        }
+        // Registered: the files are the store's now, not debris to clean up.
+        placed.iter_mut().for_each(|p| drop(p.0.take()));
+        drop(locks);
+        Ok(())
+    }
+}
+
+/// One path of a NAR upload (`AddToStoreNar`): its claimed info; the NAR follows.
+pub struct NarUpload {
+    pub info: PathInfo,
+}
+
+/// Adds paths whose NARs follow each other on `nars`, all in one transaction.
+pub fn add_nars(target: &mut dyn IngestTarget, uploads: Vec<NarUpload>, nars: &mut dyn Read) -> Result<()> {
+    let mut staging = Staging::new(target);
+    for u in uploads {
+        staging.stage(u.info, nars)?;
+    }
+    staging.commit()
+}
+
+/// How `add_ca` hashes what it is given (the content-address method of a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaMethod {
+    /// The data is the text of the file (`text:sha256`), a `.drv` for instance.
+    Text,
+    /// The data is a file's contents, hashed as they are (`fixed:<algo>`).
+    Flat(HashAlgo),
+    /// The data is a NAR, hashed as a NAR (`fixed:r:<algo>`).
+    Recursive(HashAlgo),
+}
+
+impl CaMethod {
+    /// `text:sha256`, `fixed:<algo>`, `fixed:r:<algo>`, as the worker protocol names them.
+    pub fn parse(s: &str) -> Option<CaMethod> {
+        if s == "text:sha256" {
+            return Some(CaMethod::Text);
+        }
+        let rest = s.strip_prefix("fixed:")?;
+        match rest.strip_prefix("r:") {
+            Some(algo) => HashAlgo::parse(algo).ok().map(CaMethod::Recursive),
+            None => HashAlgo::parse(rest).ok().map(CaMethod::Flat),
+        }
+    }
+}
+
+/// Adds a content-addressed object whose data comes from `data` (a NAR for
+/// `Recursive`, the file's bytes otherwise) with the given references; returns its info.
+pub fn add_ca(target: &mut dyn IngestTarget, name: &str, method: CaMethod, refs: &BTreeSet<StorePath>, data: &mut dyn Read) -> Result<PathInfo> {
+    validate_name(name, &format!("<hash>-{name}"))?;
+    let store = target.local();
+    let sd = store.config().store_dir.clone();
+    let tmp = TempObject(Some(store.temp_name("add")?));
+    let tmp_path = tmp.0.clone().expect("set");
+    let (path, ca) = match method {
+        CaMethod::Recursive(algo) => {
+            let mut restorer = TempRestorer { root: tmp_path.clone(), inner: None };
+            let mut hashing = HashingReader::new(data, algo);
+            crate::format::nar::parse(&mut hashing, &mut restorer)?;
+            let (hash, _) = hashing.finish();
+            (sd.make_fixed_output_path(name, FileIngestion::Recursive, &hash, refs, false)?, ContentAddress::Fixed(FileIngestion::Recursive, hash))
+        }
+        CaMethod::Flat(_) | CaMethod::Text => {
+            let algo = if let CaMethod::Flat(a) = method { a } else { HashAlgo::Sha256 };
+            let (parent, file_name) = crate::store::fs::Dir::parent_of(&tmp_path).map_err(io_err(&tmp_path))?;
+            let mut file = parent.create_file(&file_name, 0o644).map_err(io_err(&tmp_path))?;
+            let mut hashing = HashingReader::new(data, algo);
+            std::io::copy(&mut hashing, &mut file).map_err(io_err(&tmp_path))?;
+            crate::store::fs::dir::set_file_mode_mtime(&file, 0o444, 1).map_err(io_err(&tmp_path))?;
+            let (hash, _) = hashing.finish();
+            if method == CaMethod::Text {
+                (sd.make_text_path(name, &hash, refs)?, ContentAddress::Text(hash))
+            } else {
+                if !refs.is_empty() {
+                    return Err(StoreError::Other(format!("a flat content-addressed path ('{name}') cannot have references")));
+                }
+                (sd.make_fixed_output_path(name, FileIngestion::Flat, &hash, refs, false)?, ContentAddress::Fixed(FileIngestion::Flat, hash))
+            }
+        }
+    };
+    let (nar_hash, nar_size) = tree::dump(&tmp_path, HashSink::new(HashAlgo::Sha256)).map_err(io_err(&tmp_path))?.finish();
+    let info = PathInfo {
+        path,
+        deriver: None,
+        nar_hash,
+        references: refs.clone(),
+        registration_time: 0,
+        nar_size,
+        ultimate: false,
+        sigs: BTreeSet::new(),
+        ca: Some(ca),
+    };
+    store.add_temp_root(&info.path)?;
+    let mut staging = Staging::new(target);
+    staging.staged.push((info.clone(), tmp));
+    staging.commit()?;
+    Ok(info)
 }

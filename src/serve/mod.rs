@@ -1,0 +1,147 @@
+//! `serve`: the store behind a Unix socket speaking the Nix worker protocol, server side,
+//! so stock Nix (`--store unix://…`, `NIX_REMOTE`) uses an overlay safely: every request
+//! goes through the same engine as the CLI (copy-up, upper-only writes, upper-only GC,
+//! the Lua policy).
+//!
+//! Like `nix-daemon`, each connection has a store of its own (here a thread with its own
+//! store object and temp roots), so one client's failure never reaches another; the
+//! database and Nix's locks keep concurrent writers safe.
+
+mod build;
+mod connection;
+pub mod trust;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::spec::{StoreKind, StoreSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("socket '{path}': {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error("another server is already listening on '{0}' (stop it, or give another --socket)")]
+    InUse(PathBuf),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The socket a spec serves on by default, where Nix clients look for a daemon of a
+/// store with that state directory.
+pub fn default_socket(spec: &StoreSpec) -> PathBuf {
+    spec.state.join("daemon-socket").join("socket")
+}
+
+pub struct Server {
+    spec: Arc<StoreSpec>,
+    listener: UnixListener,
+    socket: PathBuf,
+    /// Whether we made the socket file (and so remove it when we stop).
+    owns_socket: bool,
+}
+
+impl Server {
+    /// Listens on `socket` (else the spec's `[serve] socket`, else the default), or on
+    /// the socket systemd passed (`LISTEN_FDS`). The store is opened once first, so a
+    /// broken spec or an unmounted overlay fails here, not at the first client.
+    pub fn bind(spec: StoreSpec, socket: Option<PathBuf>) -> Result<Server, ServeError> {
+        if spec.kind == StoreKind::Daemon {
+            return Err(ServeError::Config("serve needs a local or local-overlay store, not a daemon store".into()));
+        }
+        drop(connection::open_store(&spec)?);
+        let socket = socket.or_else(|| spec.serve.socket.clone()).unwrap_or_else(|| default_socket(&spec));
+        if let Some(listener) = systemd_listener() {
+            return Ok(Server { spec: Arc::new(spec), listener, socket, owns_socket: false });
+        }
+        let err = |source| ServeError::Socket { path: socket.clone(), source };
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        if std::fs::symlink_metadata(&socket).is_ok() {
+            if crate::store::fs::socket::connect(&socket).is_ok() {
+                return Err(ServeError::InUse(socket));
+            }
+            // A stale socket from a server that died.
+            std::fs::remove_file(&socket).map_err(err)?;
+        }
+        let listener = crate::store::fs::socket::bind(&socket).map_err(err)?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(spec.serve.socket_mode)).map_err(err)?;
+        Ok(Server { spec: Arc::new(spec), listener, socket, owns_socket: true })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Serves until `stop` is set, then closes every connection (an operation under
+    /// way finishes writing its reply) and returns.
+    pub fn run(self, stop: &AtomicBool) -> Result<(), ServeError> {
+        let err = |source| ServeError::Socket { path: self.socket.clone(), source };
+        self.listener.set_nonblocking(true).map_err(err)?;
+        let active = Arc::new(AtomicUsize::new(0));
+        let clients: Arc<Mutex<Vec<(UnixStream, std::thread::JoinHandle<()>)>>> = Arc::default();
+        while !stop.load(Ordering::Relaxed) {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let _ = stream.set_nonblocking(false);
+            let Ok(handle) = stream.try_clone() else { continue };
+            let over_limit = active.load(Ordering::SeqCst) as u64 >= self.spec.serve.max_connections;
+            let (spec, count) = (self.spec.clone(), active.clone());
+            count.fetch_add(1, Ordering::SeqCst);
+            let thread = std::thread::spawn(move || {
+                connection::serve(stream, &spec, over_limit);
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+            let mut list = clients.lock().expect("clients");
+            list.retain(|(_, t)| !t.is_finished());
+            list.push((handle, thread));
+        }
+        tracing::info!("stopping: closing {} connection(s)", active.load(Ordering::SeqCst));
+        let list = std::mem::take(&mut *clients.lock().expect("clients"));
+        for (conn, _) in &list {
+            let _ = conn.shutdown(std::net::Shutdown::Read);
+        }
+        for (_, t) in list {
+            let _ = t.join();
+        }
+        if self.owns_socket {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+        Ok(())
+    }
+}
+
+/// The listening socket systemd passed us (`LISTEN_PID` is us, `LISTEN_FDS` ≥ 1: fd 3).
+fn systemd_listener() -> Option<UnixListener> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    // Not for the builder and other children.
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    // SAFETY: systemd hands fd 3 to this process to own, and nothing else uses it.
+    let fd = unsafe { OwnedFd::from_raw_fd(3) };
+    let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    Some(UnixListener::from(fd))
+}

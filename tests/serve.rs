@@ -1,0 +1,296 @@
+//! `serve` with real Nix 2.8 clients on a real overlay: queries answer as the lower store
+//! does, uploads and builds land in the upper layer only, GC collects upper garbage only,
+//! and hostile or many clients cost nothing but their own connections.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running `serve`, its stderr in a file; killed when dropped.
+struct Served {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Served {
+    fn start(cfg: &str, socket: &Path, log: &Path, home: &Path) -> Served {
+        fs::create_dir_all(home).unwrap();
+        let child = Command::new(BIN)
+            .args(["--config", cfg, "serve", "--socket"])
+            .arg(socket)
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .env("HOME", home)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let s = Served { child, socket: socket.to_path_buf(), log: log.to_path_buf() };
+        let t = Instant::now();
+        while !s.log().contains("serving ") {
+            assert!(t.elapsed() < Duration::from_secs(20), "serve did not get ready: {}", s.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A Nix client on our socket (`--store daemon`: Nix 2.8 cannot parse a `unix://`
+    /// path with a space in it).
+    fn nix(&self, sc: &Scratch, program: &str, args: &[&str]) -> Run {
+        self.nix_in(sc, program, args, None)
+    }
+
+    fn nix_in(&self, sc: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut a = vec!["--store", "daemon"];
+        a.extend_from_slice(args);
+        nix_env(NIX_CONFIG, sc, program, &a, stdin, &[("NIX_DAEMON_SOCKET_PATH", self.socket.as_os_str())])
+    }
+
+    fn stop(mut self) -> String {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}: {}", self.log());
+        assert!(!self.socket.exists(), "serve removes its socket when it stops");
+        self.log()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An overlay on a lower store Nix built `default.nix` into, mounted, and served.
+fn overlay_served(base: &Path, sc: &Scratch) -> (Layers, String, String, Served) {
+    let l = Layers::new(base);
+    let top = nix_build_default(sc, &l.lower());
+    let cfg = l.config();
+    ours(&cfg, &["mount"]).ok();
+    let served = Served::start(&cfg, &base.join("sock dir/served.socket"), &base.join("serve.log"), &sc.join("home"));
+    (l, cfg, top, served)
+}
+
+#[test]
+fn nix_queries_through_serve_equal_the_lower_store() {
+    if !have_nix() {
+        return;
+    }
+    with_private_scratch(|base| {
+        let sc = Scratch::new();
+        let (l, _cfg, top, served) = overlay_served(&base, &sc);
+        let lower = l.lower();
+        let requisites = nix_store(&sc, &lower, &["-q", "--requisites", &top]).ok().out();
+        let mut paths: Vec<String> = requisites.lines().map(str::to_string).collect();
+        let drv = nix_store(&sc, &lower, &["-q", "--deriver", &top]).ok().out().trim().to_string();
+        paths.push(drv);
+        for p in &paths {
+            for q in ["--requisites", "--references", "--referrers", "--referrers-closure", "--deriver", "--hash", "--size"] {
+                let want = nix_store(&sc, &lower, &["-q", q, p]);
+                let got = served.nix(&sc, "nix-store", &["-q", q, p]);
+                assert_eq!(got.code, want.code, "-q {q} {p}: {}", got.stderr);
+                assert_eq!(got.out(), want.out(), "-q {q} {p}");
+            }
+        }
+        let want = nix(&sc, "nix", &["path-info", "--store", lower.to_str().unwrap(), "--json", "-r", &top], None).ok().out();
+        let got = served.nix(&sc, "nix", &["path-info", "--json", "-r", &top]).ok().out();
+        // Registration times differ only if the rows were copied at another time; they
+        // are copied with the lower store's, so the JSON is the same.
+        assert_eq!(got, want);
+        let bad = served.nix(&sc, "nix-store", &["-q", "--references", "/nix/store/00000000000000000000000000000000-nope"]);
+        assert_ne!(bad.code, 0);
+        assert!(bad.stderr.contains("is not valid"), "{}", bad.stderr);
+        let log = served.stop();
+        assert!(log.contains("accepted connection from pid"), "{log}");
+    });
+}
+
+#[test]
+fn uploads_land_in_the_upper_layer_with_nix_s_rows() {
+    if !have_nix() {
+        return;
+    }
+    with_private_scratch(|base| {
+        let sc = Scratch::new();
+        let (l, cfg, top, served) = overlay_served(&base, &sc);
+        let before = l.lower_fingerprint();
+        let fixtures = make_fixtures(&base.join("in"));
+        // nix-store --add: AddToStore. Rows equal what Nix itself writes for the file.
+        let oracle = base.join("oracle");
+        for f in &fixtures {
+            let f = f.to_str().unwrap();
+            let got = served.nix(&sc, "nix-store", &["--add", f]).ok().out();
+            let want = nix_store(&sc, &oracle, &["--add", f]).ok().out();
+            assert_eq!(got, want, "{f}");
+            let p = got.trim();
+            // (hello.txt is in the lower store already: valid there, so nothing is written.)
+            let in_lower = l.lower_real().join(base_of(p)).exists();
+            assert_eq!(l.upper_entries().contains(&base_of(p)), !in_lower, "{p} lands in the upper layer unless the lower store has it");
+            for q in ["--hash", "--size", "--references"] {
+                assert_eq!(served.nix(&sc, "nix-store", &["-q", q, p]).ok().out(), nix_store(&sc, &oracle, &["-q", q, p]).ok().out());
+            }
+        }
+        // nix-store --import: AddToStoreNar. An item referring to a lower path.
+        let src = base.join("src-store");
+        let file = write(&base.join("in/refers"), &format!("uses {top}\n"));
+        let imported = nix_store(&sc, &src, &["--add", &file]).ok().out().trim().to_string();
+        let stream = nix_store(&sc, &src, &["--export", &imported]).ok().stdout;
+        let got = served.nix_in(&sc, "nix-store", &["--import"], Some(&stream)).ok().out();
+        assert_eq!(got.trim(), imported);
+        assert!(l.upper_entries().contains(&base_of(&imported)));
+        // nix copy --to: AddMultipleToStore, a closure at once.
+        let dir = write_default_nix(&base.join("expr2"));
+        let _ = dir;
+        let extra = write(&base.join("in/extra"), "extra\n");
+        let extra_path = nix_store(&sc, &src, &["--add", &extra]).ok().out().trim().to_string();
+        let r = nix_env(
+            NIX_CONFIG,
+            &sc,
+            "nix",
+            &["copy", "--from", src.to_str().unwrap(), "--to", "daemon", &extra_path, &imported],
+            None,
+            &[("NIX_DAEMON_SOCKET_PATH", served.socket.as_os_str())],
+        );
+        assert_eq!(r.code, 0, "nix copy: {}", r.stderr);
+        assert!(l.upper_entries().contains(&base_of(&extra_path)));
+        // The store verifies, through us and through stock Nix's view of the upper
+        // database; the lower store is untouched.
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+        assert_eq!(served.nix(&sc, "nix-store", &["--verify", "--check-contents"]).code, 0);
+        assert_eq!(l.lower_fingerprint(), before, "the lower store changed");
+        served.stop();
+    });
+}
+
+#[test]
+fn nix_build_through_serve_builds_into_the_upper_layer_and_gc_keeps_its_root() {
+    if !have_nix() {
+        return;
+    }
+    with_private_scratch(|base| {
+        let sc = Scratch::new();
+        let (l, cfg, top, served) = overlay_served(&base, &sc);
+        let before = l.lower_fingerprint();
+        let expr = base.join("expr/default.nix");
+        let consumer = write(
+            &base.join("consumer/default.nix"),
+            &format!(
+                "let top = import {}; in derivation {{ name = \"consumer\"; system = builtins.currentSystem; builder = \"/busybox\"; args = [ \"sh\" \"-c\" \"echo ${{top}} > $out\" ]; }}\n",
+                expr.display()
+            ),
+        );
+        let link = base.join("result");
+        let r = served.nix(&sc, "nix-build", &[&consumer, "-o", link.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "nix-build: {}\n{}", r.stderr, served.log());
+        let out = r.out().trim().to_string();
+        assert!(out.ends_with("-consumer"), "{out}");
+        assert_eq!(fs::read_to_string(l.real().join(base_of(&out))).unwrap().trim(), top);
+        assert!(l.upper_entries().contains(&base_of(&out)), "the output is in the upper layer");
+        assert!(!l.lower_real().join(base_of(&out)).exists());
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+        ours(&cfg, &["verify-path", &out]).ok();
+        // The -o link is an indirect root: GC through serve keeps the output, and
+        // collects only upper garbage.
+        let junk = served.nix(&sc, "nix-store", &["--add", &write(&base.join("in/junk"), "junk\n")]).ok().out().trim().to_string();
+        let r = served.nix(&sc, "nix-store", &["--gc"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(!l.upper_entries().contains(&base_of(&junk)), "junk was collected");
+        assert!(l.upper_entries().contains(&base_of(&out)), "the rooted output stays");
+        assert_eq!(served.nix(&sc, "nix-store", &["-q", "--hash", &out]).code, 0);
+        // Delete: refused while rooted, done once the root is gone.
+        let r = served.nix(&sc, "nix-store", &["--delete", &out]);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("since it is still alive"), "{}", r.stderr);
+        fs::remove_file(&link).unwrap();
+        served.nix(&sc, "nix-store", &["--delete", &out]).ok();
+        assert!(!l.upper_entries().contains(&base_of(&out)));
+        assert_eq!(l.lower_fingerprint(), before, "the lower store changed");
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+        served.stop();
+    });
+}
+
+/// Garbage, a huge length, a truncated frame and silence each cost one connection;
+/// eight clients at once share the store; afterwards everything verifies.
+#[test]
+fn hostile_and_concurrent_clients() {
+    if !have_nix() {
+        return;
+    }
+    with_private_scratch(|base| {
+        let sc = Scratch::new();
+        let (_l, cfg, top, served) = overlay_served(&base, &sc);
+        let connect = || crate::common::connect_long(&served.socket);
+        let hello = |s: &mut UnixStream| {
+            s.write_all(&0x6e697863u64.to_le_bytes()).unwrap();
+            let mut b = [0u8; 16];
+            s.read_exact(&mut b).unwrap();
+            s.write_all(&0x122u64.to_le_bytes()).unwrap();
+            s.write_all(&[0u8; 16]).unwrap();
+        };
+        // Garbage instead of the magic.
+        let mut s = connect();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        // A huge string length in a request.
+        let mut s = connect();
+        hello(&mut s);
+        s.write_all(&1u64.to_le_bytes()).unwrap();
+        s.write_all(&u64::MAX.to_le_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.read_to_end(&mut rest);
+        // A truncated upload, then the client dies.
+        let mut s = connect();
+        hello(&mut s);
+        s.write_all(&39u64.to_le_bytes()).unwrap();
+        s.write_all(&[7u8; 13]).unwrap();
+        drop(s);
+        // Silence: a connection that never says anything.
+        let idle = connect();
+        // Eight clients at once, querying and adding.
+        let socket = served.socket.clone();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (socket, top) = (socket.clone(), top.clone());
+                let sc_home = sc.join(&format!("home{i}"));
+                let file = write(&base.join(format!("in/c{i}")), &format!("client {i}\n"));
+                std::thread::spawn(move || {
+                    for _ in 0..5 {
+                        let env = [("NIX_DAEMON_SOCKET_PATH", socket.as_os_str()), ("HOME", sc_home.as_os_str())];
+                        let mut c = Command::new("nix-store");
+                        c.args(["--store", "daemon", "-q", "--requisites", &top]).env("NIX_CONFIG", NIX_CONFIG).envs(env);
+                        let r = run_cmd(&mut c, None);
+                        assert_eq!(r.code, 0, "{}", r.stderr);
+                        let mut c = Command::new("nix-store");
+                        c.args(["--store", "daemon", "--add", &file]).env("NIX_CONFIG", NIX_CONFIG).envs(env);
+                        let r = run_cmd(&mut c, None);
+                        assert_eq!(r.code, 0, "{}", r.stderr);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(idle);
+        let r = served.nix(&sc, "nix-store", &["-q", "--references", &top]);
+        assert_eq!(r.code, 0, "the server still serves: {}", r.stderr);
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+        served.stop();
+    });
+}
