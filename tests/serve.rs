@@ -185,13 +185,10 @@ fn nix_build_through_serve_builds_into_the_upper_layer_and_gc_keeps_its_root() {
         let sc = Scratch::new();
         let (l, cfg, top, served) = overlay_served(&base, &sc);
         let before = l.lower_fingerprint();
-        let expr = base.join("expr/default.nix");
+        // A relative import: the scratch path has spaces, which Nix path literals cannot.
         let consumer = write(
-            &base.join("consumer/default.nix"),
-            &format!(
-                "let top = import {}; in derivation {{ name = \"consumer\"; system = builtins.currentSystem; builder = \"/busybox\"; args = [ \"sh\" \"-c\" \"echo ${{top}} > $out\" ]; }}\n",
-                expr.display()
-            ),
+            &sc.join("consumer/default.nix"),
+            "let top = import ../expr/default.nix; in derivation { name = \"consumer\"; system = builtins.currentSystem; builder = \"/busybox\"; args = [ \"sh\" \"-c\" \"echo ${top} > $out\" ]; }\n",
         );
         let link = base.join("result");
         let r = served.nix(&sc, "nix-build", &[&consumer, "-o", link.to_str().unwrap()]);

@@ -106,8 +106,12 @@ impl Server {
             let over_limit = active.load(Ordering::SeqCst) as u64 >= self.spec.serve.max_connections;
             let (spec, count) = (self.spec.clone(), active.clone());
             count.fetch_add(1, Ordering::SeqCst);
+            let Ok(own) = stream.try_clone() else { continue };
             let thread = std::thread::spawn(move || {
                 connection::serve(stream, &spec, over_limit);
+                // The server keeps a handle to every connection (to close it at stop):
+                // hang up explicitly, so the client sees the end now.
+                let _ = own.shutdown(std::net::Shutdown::Both);
                 count.fetch_sub(1, Ordering::SeqCst);
             });
             let mut list = clients.lock().expect("clients");
