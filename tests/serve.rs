@@ -291,3 +291,205 @@ fn hostile_and_concurrent_clients() {
         served.stop();
     });
 }
+
+/// A raw worker-protocol client, for what Nix's own client cannot be made to do here
+/// (connect as another user from inside this test process).
+struct RawClient {
+    s: UnixStream,
+}
+
+impl RawClient {
+    fn u64(&mut self, n: u64) {
+        self.s.write_all(&n.to_le_bytes()).unwrap();
+    }
+    fn str(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.s.write_all(b).unwrap();
+        self.s.write_all(&[0u8; 8][..(8 - b.len() % 8) % 8]).unwrap();
+    }
+    fn strs(&mut self, items: &[&str]) {
+        self.u64(items.len() as u64);
+        for i in items {
+            self.str(i.as_bytes());
+        }
+    }
+    fn read_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.s.read_exact(&mut b).unwrap();
+        u64::from_le_bytes(b)
+    }
+    fn read_str(&mut self) -> String {
+        let n = self.read_u64() as usize;
+        let mut b = vec![0u8; n + (8 - n % 8) % 8];
+        self.s.read_exact(&mut b).unwrap();
+        b.truncate(n);
+        String::from_utf8(b).unwrap()
+    }
+    /// Log frames until `STDERR_LAST` (Ok) or `STDERR_ERROR` (its message).
+    fn result(&mut self) -> Result<(), String> {
+        loop {
+            match self.read_u64() {
+                0x616c_7473 => return Ok(()),
+                0x6f6c_6d67 => {
+                    self.read_str();
+                }
+                0x6378_7470 => {
+                    self.read_str();
+                    self.read_u64();
+                    self.read_str();
+                    let msg = self.read_str();
+                    self.read_u64();
+                    for _ in 0..self.read_u64() {
+                        self.read_u64();
+                        self.read_str();
+                    }
+                    return Err(msg);
+                }
+                other => panic!("unexpected frame {other:#x}"),
+            }
+        }
+    }
+    fn handshake(&mut self) -> Result<(), String> {
+        self.u64(0x6e69_7863);
+        assert_eq!(self.read_u64(), 0x6478_696f);
+        assert_eq!(self.read_u64(), 0x122);
+        self.u64(0x122);
+        self.u64(0);
+        self.u64(0);
+        let version = self.read_str();
+        assert!(!version.is_empty());
+        self.result()
+    }
+    fn framed(&mut self, data: &[u8]) {
+        for chunk in data.chunks(1000) {
+            self.u64(chunk.len() as u64);
+            self.s.write_all(chunk).unwrap();
+        }
+        self.u64(0);
+    }
+}
+
+/// Connects to `socket` as uid/gid 65534 (nobody): the directory is opened while still
+/// root, then only this thread drops its credentials (a raw setresuid affects one
+/// thread), so the server's SO_PEERCRED sees an ordinary user.
+fn as_nobody<T: Send + 'static>(socket: &Path, f: impl FnOnce(RawClient) -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open(socket.parent().unwrap()).unwrap();
+    let name = socket.file_name().unwrap().to_owned();
+    std::thread::spawn(move || {
+        // SAFETY: raw syscalls changing only this thread's credentials.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+        }
+        let via = Path::new("/proc/thread-self/fd").join(dir.as_raw_fd().to_string()).join(name);
+        let s = UnixStream::connect(&via).expect("connect as nobody");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        f(RawClient { s })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Untrusted users get Nix's limits (stricter where the overlay is shared): no deleting,
+/// no input-addressed uploads without a signature, censored roots, content-addressed
+/// uploads allowed; users not allowed are refused at the handshake with a reason.
+#[test]
+fn untrusted_users_get_nix_s_limits() {
+    if !have_nix() || !is_root() {
+        return;
+    }
+    with_private_scratch(|base| {
+        let sc = Scratch::new();
+        let (l, _cfg, top, served) = overlay_served(&base, &sc);
+        let file = write(&base.join("in/untrusted"), "from nobody\n");
+        let nar = nix(&sc, "nix-store", &["--dump", &file], None).ok().stdout;
+        let ca_path = nix_store(&sc, &base.join("oracle"), &["--add", &file]).ok().out().trim().to_string();
+        let hash16 = {
+            let h = nix(&sc, "nix-hash", &["--type", "sha256", &file], None).ok().out();
+            h.trim().to_string()
+        };
+        let (top2, ca2) = (top.clone(), ca_path.clone());
+        let outcome = as_nobody(&served.socket, move |mut c| {
+            c.handshake().expect("nobody is an allowed user");
+            // Reading is fine.
+            c.u64(1);
+            c.str(top2.as_bytes());
+            c.result().unwrap();
+            assert_eq!(c.read_u64(), 1);
+            // Deleting is not.
+            c.u64(20);
+            c.u64(3);
+            c.strs(&[&top2]);
+            c.u64(0);
+            c.u64(u64::MAX);
+            c.u64(0);
+            c.u64(0);
+            c.u64(0);
+            let gc = c.result().unwrap_err();
+            // An input-addressed upload without a signature is refused, and the
+            // connection stays in step (its NAR is drained).
+            c.u64(39);
+            c.str(b"/nix/store/0000000000000000000000000000000a-claims-to-be-anything");
+            c.str(b"");
+            c.str(hash16.as_bytes());
+            c.strs(&[]);
+            c.u64(0);
+            c.u64(nar.len() as u64);
+            c.u64(0);
+            c.strs(&[]);
+            c.str(b"");
+            c.u64(0);
+            c.u64(1);
+            c.framed(&nar);
+            let upload = c.result().unwrap_err();
+            // A content-addressed upload proves itself.
+            c.u64(7);
+            c.str(b"untrusted");
+            c.str(b"fixed:r:sha256");
+            c.strs(&[]);
+            c.u64(0);
+            c.framed(&nar);
+            c.result().expect("a content-addressed upload is allowed");
+            let added = c.read_str();
+            for _ in 0..2 {
+                c.read_str();
+            }
+            for _ in 0..c.read_u64() {
+                c.read_str();
+            }
+            for _ in 0..4 {
+                c.read_u64();
+            }
+            c.read_str();
+            assert_eq!(added, ca2);
+            // Roots: other processes' temp roots are censored.
+            c.u64(11);
+            c.str(top2.as_bytes());
+            c.result().unwrap();
+            c.read_u64();
+            c.u64(14);
+            c.result().unwrap();
+            let n = c.read_u64();
+            let links: Vec<String> = (0..n).map(|_| (c.read_str(), c.read_str()).0).collect();
+            (gc, upload, links)
+        });
+        let (gc, upload, links) = outcome;
+        assert!(gc.contains("not privileged to delete"), "{gc}");
+        assert!(upload.contains("lacks a signature by a trusted key"), "{upload}");
+        assert!(links.iter().all(|l| !l.starts_with("{temp:")), "{links:?}");
+        assert!(l.upper_entries().contains(&base_of(&ca_path)), "the content-addressed upload landed in the upper layer");
+        assert!(l.real().join(base_of(&top)).exists());
+
+        // A spec that allows only root: nobody is turned away at the handshake.
+        let cfg2 = l.config_with("[serve]\nallowed-users = [\"root\"]\n");
+        let served2 = Served::start(&cfg2, &base.join("sock dir/root-only.socket"), &base.join("serve2.log"), &sc.join("home"));
+        let refused = as_nobody(&served2.socket, |mut c| c.handshake());
+        let msg = refused.unwrap_err();
+        assert!(msg.contains("is not allowed to connect"), "{msg}");
+        assert!(served2.log().contains("refused a connection"), "{}", served2.log());
+        served2.stop();
+        served.stop();
+    });
+}

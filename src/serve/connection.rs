@@ -433,7 +433,17 @@ impl Conn<'_> {
                 write_u64(&mut self.w, 1)?;
             }
             op::FIND_ROOTS => {
-                let roots = self.find_roots()?;
+                let mut roots = self.find_roots()?;
+                if self.trust != Trust::Trusted {
+                    // Other users' processes are nobody else's business, as with nix-daemon.
+                    for links in roots.values_mut() {
+                        let censored = links.iter().any(|l| l.starts_with('{'));
+                        links.retain(|l| !l.starts_with('{'));
+                        if censored {
+                            links.insert("{censored}".into());
+                        }
+                    }
+                }
                 self.last()?;
                 let n: usize = roots.values().map(|l| l.len()).sum();
                 write_u64(&mut self.w, n as u64)?;
@@ -481,9 +491,13 @@ impl Conn<'_> {
                 let info = self.read_info()?;
                 let _repair = read_bool(&mut self.r)?;
                 let _dont_check_sigs = read_bool(&mut self.r)?;
-                self.check_upload(&info)?;
                 if self.minor < 23 {
                     return Err(Failure::Wire(WireError::Malformed("NAR uploads need protocol 1.23 or newer".into())));
+                }
+                if let Err(refused) = self.check_upload(&info) {
+                    // The NAR is on its way regardless: read it, so the next request parses.
+                    FramedReader::new(&mut self.r).drain()?;
+                    return Err(refused);
                 }
                 let mut framed = FramedReader::new(&mut self.r);
                 let result = ingest::add_nars(self.store.ingest(), vec![NarUpload { info }], &mut framed);
@@ -681,6 +695,11 @@ impl Conn<'_> {
         }
         if ignore_liveness {
             return Err(Failure::Op("you are not allowed to ignore liveness".into()));
+        }
+        // Stricter than nix-daemon, which lets any allowed user collect: on a shared
+        // overlay, deleting is for trusted users.
+        if matches!(action, GC_DELETE_DEAD | GC_DELETE_SPECIFIC) {
+            self.require_trusted("delete store paths (only trusted users may collect garbage on this store)")?;
         }
         let (gc_action, dry_run, return_live) = match action {
             GC_RETURN_LIVE => (GcAction::Collect, true, true),
