@@ -483,13 +483,67 @@ fn untrusted_users_get_nix_s_limits() {
         assert!(l.real().join(base_of(&top)).exists());
 
         // A spec that allows only root: nobody is turned away at the handshake.
-        let cfg2 = l.config_with("[serve]\nallowed-users = [\"root\"]\n");
+        let cfg2 = l.config_with("[serve]\nallowed-users = [\"root\"]\nmax-connections = 1\n");
         let served2 = Served::start(&cfg2, &base.join("sock dir/root-only.socket"), &base.join("serve2.log"), &sc.join("home"));
         let refused = as_nobody(&served2.socket, |mut c| c.handshake());
         let msg = refused.unwrap_err();
         assert!(msg.contains("is not allowed to connect"), "{msg}");
         assert!(served2.log().contains("refused a connection"), "{}", served2.log());
+        // One connection at most: a second client is told why it is turned away.
+        let mut first = RawClient { s: connect_long(&served2.socket) };
+        first.handshake().unwrap();
+        let mut second = RawClient { s: connect_long(&served2.socket) };
+        let msg = second.handshake().unwrap_err();
+        assert!(msg.contains("limit of 1 connections"), "{msg}");
+        drop(first);
         served2.stop();
         served.stop();
+    });
+}
+
+/// systemd socket activation: the listening socket comes as fd 3 with `LISTEN_FDS` and
+/// `LISTEN_PID`; serve uses it instead of binding, and leaves it to systemd at stop.
+#[test]
+fn systemd_socket_activation() {
+    if !have_nix() {
+        return;
+    }
+    with_private_scratch(|base| {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let sc = Scratch::new();
+        let l = Layers::new(&base);
+        nix_build_default(&sc, &l.lower());
+        let cfg = l.config();
+        ours(&cfg, &["mount"]).ok();
+        let socket = base.join("sock dir/activated.socket");
+        fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        let listener = overlay_store::store::fs::socket::bind(&socket).unwrap();
+        let fd = listener.as_raw_fd();
+        let log = base.join("activated.log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"", BIN, "--config", &cfg, "serve"])
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || if libc::dup2(fd, 3) == 3 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+        }
+        let child = cmd.spawn().unwrap();
+        let served = Served { child, socket: socket.clone(), log };
+        let t = Instant::now();
+        while !served.log().contains("serving ") {
+            assert!(t.elapsed() < Duration::from_secs(20), "{}", served.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(listener);
+        let r = served.nix(&sc, "nix-store", &["-q", "--requisites", "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stderr, served.log());
+        let mut served = served;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(served.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert!(served.child.wait().unwrap().success());
+        assert!(socket.exists(), "an activated socket belongs to systemd: serve leaves it");
     });
 }

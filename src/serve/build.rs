@@ -275,7 +275,8 @@ fn check_outputs(conn: &mut Conn, drv: &StorePath, wanted: &[String]) -> Result<
         }
     }
     // `closure` fails on any reference the upper database lacks.
-    crate::store::Store::closure(&*upper, &outs).map_err(|e| format!("the outputs of '{}' are not closure-complete: {e}", sd.display(drv)))?;
+    crate::store::Store::closure(&*upper, &outs)
+        .map_err(|e| format!("the outputs of '{}' are not closure-complete: {e}", sd.display(drv)))?;
     Ok(())
 }
 
@@ -307,7 +308,10 @@ pub(super) fn build_derivation(conn: &mut Conn) -> Result<Outcome, super::connec
         return Ok(Outcome {
             target: sd.display(&drv),
             status: Status::MiscFailure,
-            error: format!("derivation '{}' is not valid here: this server builds from .drv files in the store (copy it first)", sd.display(&drv)),
+            error: format!(
+                "derivation '{}' is not valid here: this server builds from .drv files in the store (copy it first)",
+                sd.display(&drv)
+            ),
             start,
             stop: now(),
         });

@@ -43,9 +43,9 @@ const MAX_FRAME: u64 = 1 << 24;
 /// Opens the store a spec describes for one connection, with its policy.
 pub(super) fn open_store(spec: &StoreSpec) -> Result<Opened, StoreError> {
     let policy: Box<dyn crate::store::overlay::OverlayPolicy> = match (&spec.policy, spec.kind) {
-        (Some(file), StoreKind::LocalOverlay) => Box::new(
-            crate::policy::LuaPolicy::load(file, &spec.policy_limits, Some(spec)).map_err(|e| StoreError::Other(e.to_string()))?,
-        ),
+        (Some(file), StoreKind::LocalOverlay) => {
+            Box::new(crate::policy::LuaPolicy::load(file, &spec.policy_limits, Some(spec)).map_err(|e| StoreError::Other(e.to_string()))?)
+        }
         _ => Box::new(crate::store::overlay::NixPolicy),
     };
     Opened::open(spec, policy)
@@ -556,7 +556,9 @@ impl Conn<'_> {
                 let repair = read_bool(&mut self.r)?;
                 if repair {
                     self.require_trusted("repair paths")?;
-                    return Err(Failure::Op("repairing through the daemon is not supported; run `overlay-store verify --repair` on the server".into()));
+                    return Err(Failure::Op(
+                        "repairing through the daemon is not supported; run `overlay-store verify --repair` on the server".into(),
+                    ));
                 }
                 let errors = self.verify(check_contents)?;
                 self.last()?;

@@ -128,7 +128,14 @@ pub fn nix_with(config: &str, scratch: &Scratch, program: &str, args: &[&str], s
     nix_env(config, scratch, program, args, stdin, &[])
 }
 
-pub fn nix_env(config: &str, scratch: &Scratch, program: &str, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &std::ffi::OsStr)]) -> Run {
+pub fn nix_env(
+    config: &str,
+    scratch: &Scratch,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Run {
     let home = scratch.join("home");
     fs::create_dir_all(&home).unwrap();
     let mut c = Command::new(program);

@@ -1023,11 +1023,8 @@ impl Database {
     pub fn add_signatures(&self, path: &StorePath, sigs: &[String]) -> Result<()> {
         self.in_tx(|| {
             let p = self.store_dir.display(path);
-            let have: Option<Option<String>> = self
-                .conn
-                .query_row("select sigs from ValidPaths where path = ?", [&p], |r| r.get(0))
-                .optional()
-                .map_err(self.err())?;
+            let have: Option<Option<String>> =
+                self.conn.query_row("select sigs from ValidPaths where path = ?", [&p], |r| r.get(0)).optional().map_err(self.err())?;
             let Some(have) = have else { return Err(StoreError::NotValid(p)) };
             let mut all: BTreeSet<String> = have.unwrap_or_default().split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
             all.extend(sigs.iter().filter(|s| !s.is_empty() && !s.contains(' ')).cloned());

@@ -308,7 +308,13 @@ impl CaMethod {
 
 /// Adds a content-addressed object whose data comes from `data` (a NAR for
 /// `Recursive`, the file's bytes otherwise) with the given references; returns its info.
-pub fn add_ca(target: &mut dyn IngestTarget, name: &str, method: CaMethod, refs: &BTreeSet<StorePath>, data: &mut dyn Read) -> Result<PathInfo> {
+pub fn add_ca(
+    target: &mut dyn IngestTarget,
+    name: &str,
+    method: CaMethod,
+    refs: &BTreeSet<StorePath>,
+    data: &mut dyn Read,
+) -> Result<PathInfo> {
     validate_name(name, &format!("<hash>-{name}"))?;
     let store = target.local();
     let sd = store.config().store_dir.clone();
@@ -320,7 +326,10 @@ pub fn add_ca(target: &mut dyn IngestTarget, name: &str, method: CaMethod, refs:
             let mut hashing = HashingReader::new(data, algo);
             crate::format::nar::parse(&mut hashing, &mut restorer)?;
             let (hash, _) = hashing.finish();
-            (sd.make_fixed_output_path(name, FileIngestion::Recursive, &hash, refs, false)?, ContentAddress::Fixed(FileIngestion::Recursive, hash))
+            (
+                sd.make_fixed_output_path(name, FileIngestion::Recursive, &hash, refs, false)?,
+                ContentAddress::Fixed(FileIngestion::Recursive, hash),
+            )
         }
         CaMethod::Flat(_) | CaMethod::Text => {
             let algo = if let CaMethod::Flat(a) = method { a } else { HashAlgo::Sha256 };
@@ -336,7 +345,10 @@ pub fn add_ca(target: &mut dyn IngestTarget, name: &str, method: CaMethod, refs:
                 if !refs.is_empty() {
                     return Err(StoreError::Other(format!("a flat content-addressed path ('{name}') cannot have references")));
                 }
-                (sd.make_fixed_output_path(name, FileIngestion::Flat, &hash, refs, false)?, ContentAddress::Fixed(FileIngestion::Flat, hash))
+                (
+                    sd.make_fixed_output_path(name, FileIngestion::Flat, &hash, refs, false)?,
+                    ContentAddress::Fixed(FileIngestion::Flat, hash),
+                )
             }
         }
     };
