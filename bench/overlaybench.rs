@@ -39,6 +39,9 @@
 // The crate root is bench/overlaybench.rs, so its modules are found by path.
 // Only the graph generator of storebench's: the rest is unused here.
 #[allow(dead_code)]
+#[path = "common/canonical.rs"]
+mod canonical;
+#[allow(dead_code)]
 #[path = "storebench/gen.rs"]
 mod gen;
 #[path = "common/machine.rs"]
@@ -65,11 +68,11 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
+use crate::canonical::remove_tree;
 use overlay_store::format::export::{write_end, write_item};
 use overlay_store::format::hash::{HashAlgo, HashSink};
-use overlay_store::format::nar::dump_path;
 use overlay_store::format::{FileIngestion, StoreDir};
-use overlay_store::store::local::canonicalise::remove_tree;
+use overlay_store::store::fs::tree::dump as dump_path;
 use overlay_store::store::local::LocalStore;
 use overlay_store::store::Store;
 
@@ -143,6 +146,7 @@ struct Parts {
     daemon: bool,
     lua: bool,
     gc: bool,
+    serve: bool,
 }
 
 impl Parts {
@@ -150,18 +154,28 @@ impl Parts {
         match std::env::var("OVERLAYBENCH_ONLY") {
             Ok(s) if !s.trim().is_empty() => {
                 let has = |p: &str| s.split(',').any(|x| x.trim() == p);
-                let parts = Parts { copyup: has("copyup"), import: has("import"), daemon: has("daemon"), lua: has("lua"), gc: has("gc") };
+                let parts = Parts {
+                    copyup: has("copyup"),
+                    import: has("import"),
+                    daemon: has("daemon"),
+                    lua: has("lua"),
+                    gc: has("gc"),
+                    serve: has("serve"),
+                };
                 for x in s.split(',') {
-                    assert!(["copyup", "import", "daemon", "lua", "gc"].contains(&x.trim()), "OVERLAYBENCH_ONLY: unknown part '{x}'");
+                    assert!(
+                        ["copyup", "import", "daemon", "lua", "gc", "serve"].contains(&x.trim()),
+                        "OVERLAYBENCH_ONLY: unknown part '{x}'"
+                    );
                 }
                 parts
             }
-            _ => Parts { copyup: true, import: true, daemon: true, lua: true, gc: true },
+            _ => Parts { copyup: true, import: true, daemon: true, lua: true, gc: true, serve: true },
         }
     }
 
     fn all(&self) -> bool {
-        self.copyup && self.import && self.daemon && self.lua && self.gc
+        self.copyup && self.import && self.daemon && self.lua && self.gc && self.serve
     }
 }
 
@@ -718,6 +732,140 @@ fn daemon_bench(ctx: &Ctx, nix: &Nix, lower: &Lower, runs: usize) -> Bench {
     Bench { id: "daemon".into(), number: "5", title, store, contenders, target, other_load, notes }
 }
 
+/// Our `serve` (on an overlay of `lower`) in the background, killed when dropped.
+struct Served {
+    child: Child,
+}
+
+impl Served {
+    fn start(ctx: &Ctx, ov: &Overlay, socket: &Path, log_file: &Path) -> Result<Served, String> {
+        let _ = fs::remove_file(socket);
+        let err = fs::File::create(log_file).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&ctx.bin);
+        cmd.arg("-c").arg(&ov.cfg).arg("serve").arg("--socket").arg(socket);
+        if let Some(nix) = &ctx.nix {
+            cmd.envs(nix.env.iter().map(|(k, v)| (k, v)));
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).spawn().map_err(|e| format!("serve: {e}"))?;
+        let mut s = Served { child };
+        let t = Instant::now();
+        while !fs::read_to_string(log_file).unwrap_or_default().contains("serving ") {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                return Err(format!("serve exited ({st}): {}", fs::read_to_string(log_file).unwrap_or_default().trim()));
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err("serve did not get ready in 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(s)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// 6: stock Nix clients through our `serve` (an overlay on `lower`, empty upper layer)
+/// against `nix-daemon` serving `lower` itself: the same client, the same answers.
+fn serve_benches(ctx: &Ctx, nix: &Nix, lower: &Lower, runs: usize) -> Vec<Bench> {
+    log(ctx.start, &format!("serve: Nix clients through serve and through nix-daemon, the {} lower store", lower.label));
+    let dir = ctx.scratch.join(format!("serve-{}", lower.label));
+    let (ours_sock, nix_sock) = (dir.join("ours.socket"), dir.join("nix-daemon.socket"));
+    let _ = fs::create_dir_all(&dir);
+    let store = format!("{}-path lower store", lower.paths);
+    let mut benches = Vec::new();
+    let fail = |e: String, title: String| Bench {
+        id: format!("serve-{}", lower.label),
+        number: "6",
+        title,
+        store: store.clone(),
+        contenders: vec![Contender { label: "ours".into(), cmd: String::new(), series: Err(e) }],
+        target: Target::RatioAtLeast(3.0),
+        other_load: 0.0,
+        notes: Vec::new(),
+    };
+    let daemon = match Daemon::start(nix, &lower.root, &nix_sock, &dir.join("nix-daemon.log")) {
+        Ok(d) => d,
+        Err(e) => return vec![fail(e, "serve".into())],
+    };
+    let ov = match Overlay::new(&dir.join("ov"), "store", &local_lower(&lower.root), "") {
+        Ok(o) => o,
+        Err(e) => return vec![fail(e.to_string(), "serve".into())],
+    };
+    if let Err(e) = ov.reset(&ctx.bin) {
+        return vec![fail(e, "serve".into())];
+    }
+    let served = match Served::start(ctx, &ov, &ours_sock, &dir.join("serve.log")) {
+        Ok(s) => s,
+        Err(e) => return vec![fail(e, "serve".into())],
+    };
+    let client = |socket: &Path, program: &Path, args: &[&str]| {
+        Cmd::new(program)
+            .args(["--store", "daemon"])
+            .args(args.iter().copied())
+            .envs(&nix.env)
+            .envs(&[("NIX_DAEMON_SOCKET_PATH".into(), socket.as_os_str().to_owned())])
+    };
+    let nix_cmd = nix.nix_store.with_file_name("nix");
+    let probe = lower.core.clone();
+    let batch = |socket: &Path| {
+        // 16 clients at once, each `-q --requisites` of the system.
+        let one = format!(
+            "NIX_DAEMON_SOCKET_PATH='{}' '{}' --store daemon -q --requisites '{}' >/dev/null",
+            socket.display(),
+            nix.nix_store.display(),
+            lower.system
+        );
+        Cmd::new("sh").arg("-c").arg(format!("for i in $(seq 16); do {one} & done; wait")).envs(&nix.env)
+    };
+    type MakeCmd<'a> = Box<dyn Fn(&Path) -> Cmd + 'a>;
+    let cases: Vec<(&str, String, MakeCmd)> = vec![
+        (
+            "requisites",
+            format!("`nix-store -q --requisites` of the system ({} paths) through the socket", lower.system_closure),
+            Box::new(|s: &Path| client(s, &nix.nix_store, &["-q", "--requisites", &lower.system])),
+        ),
+        (
+            "path-info",
+            "`nix path-info` of one path through the socket".to_string(),
+            Box::new(|s: &Path| client(s, &nix_cmd, &["path-info", &probe])),
+        ),
+        ("concurrent", "16 concurrent clients, each `-q --requisites` of the system".to_string(), Box::new(batch)),
+    ];
+    for (id, title, make) in cases {
+        let mut notes = vec![format!(
+            "the client is stock `{}` in both rows; ours serves an overlay (empty upper layer) on the lower store, nix-daemon serves the lower store itself",
+            nix.version
+        )];
+        let entries = vec![
+            Entry { label: "ours".into(), cmd: make(&ours_sock), before: Box::new(|| Ok(())), after: Box::new(|| Ok(())) },
+            Entry { label: "nix-daemon".into(), cmd: make(&nix_sock), before: Box::new(|| Ok(())), after: Box::new(|| Ok(())) },
+        ];
+        let Measured { contenders, other_load, outputs } = measure(ctx, &format!("serve-{id}-{}", lower.label), entries, runs, &mut notes);
+        if outputs.len() == 2 && outputs[0] != outputs[1] {
+            notes.push("**the two servers' answers differ**".into());
+        }
+        benches.push(Bench {
+            id: format!("serve-{id}-{}", lower.label),
+            number: "6",
+            title,
+            store: store.clone(),
+            contenders,
+            target: Target::RatioAtLeast(3.0),
+            other_load,
+            notes,
+        });
+    }
+    drop(served);
+    drop(daemon);
+    let _ = ov.umount(&ctx.bin);
+    benches
+}
+
 /// 4: overlay GC of `n` dead upper paths, without a policy and with lua/default.lua.
 fn lua_bench(ctx: &Ctx, lower: &Lower, n: usize, runs: usize) -> Bench {
     log(ctx.start, &format!("lua: overlay gc of {n} dead upper paths, without and with lua/default.lua"));
@@ -1002,8 +1150,8 @@ fn main() {
     let ctx = Ctx { start, bin, nix, scratch: scratch.dir.clone(), repo: repo.clone(), profile };
 
     // The stores.
-    let need_small = parts.copyup || parts.import || parts.lua;
-    let need_big = parts.copyup || parts.import || parts.daemon || parts.gc;
+    let need_small = parts.copyup || parts.import || parts.lua || parts.serve;
+    let need_big = parts.copyup || parts.import || parts.daemon || parts.gc || parts.serve;
     let small = need_small.then(|| {
         log(start, &format!("generating the small lower store ({} paths)", plan.small_total));
         let g = gen::graph_store(&scratch.path("small"), &plan.shape(plan.small_total)).expect("generate the small store");
@@ -1084,6 +1232,16 @@ fn main() {
         match (&ctx.nix, &big) {
             (Some(nix), Some((l, _))) => report.benches.push(daemon_bench(&ctx, nix, l, plan.daemon_runs)),
             _ => log(start, "daemon: skipped (no Nix)"),
+        }
+    }
+    if parts.serve {
+        match &ctx.nix {
+            Some(nix) => {
+                for l in &lowers {
+                    report.benches.extend(serve_benches(&ctx, nix, l, plan.daemon_runs));
+                }
+            }
+            None => log(start, "serve: skipped (no Nix)"),
         }
     }
     // GC last: it deletes from the large store (every overlay on it is unmounted by now).

@@ -26,6 +26,9 @@
 //! scratch directory. When Nix is missing, its columns say "n/a".
 
 // The crate root is bench/storebench.rs, so its modules live beside it unless told.
+#[allow(dead_code)]
+#[path = "common/canonical.rs"]
+mod canonical;
 #[path = "storebench/gen.rs"]
 mod gen;
 #[path = "common/machine.rs"]
@@ -45,7 +48,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use overlay_store::store::local::canonicalise::remove_tree;
+use crate::canonical::remove_tree;
 use overlay_store::store::local::LocalStore;
 use overlay_store::store::Store;
 

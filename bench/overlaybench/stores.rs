@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::canonical::{canonicalise_dir, canonicalise_file, canonicalise_symlink, remove_tree};
 use overlay_store::format::hash::{HashAlgo, HashSink};
-use overlay_store::format::nar::dump_path;
 use overlay_store::format::{ContentAddress, FileIngestion, StoreDir, StorePath};
-use overlay_store::store::local::canonicalise::{canonicalise_dir, canonicalise_file, canonicalise_symlink, remove_tree};
+use overlay_store::store::fs::tree::dump as dump_path;
 use overlay_store::store::local::{LocalConfig, LocalStore, Registration};
 use overlay_store::store::PathInfo;
 

@@ -37,10 +37,11 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::canonical as canonicalise;
 use overlay_store::format::hash::{HashAlgo, HashSink};
-use overlay_store::format::nar::dump_path;
 use overlay_store::format::{ContentAddress, FileIngestion, Hash, StoreDir, StorePath};
-use overlay_store::store::local::{canonicalise, LocalConfig, LocalStore, Registration};
+use overlay_store::store::fs::tree::dump as dump_path;
+use overlay_store::store::local::{LocalConfig, LocalStore, Registration};
 use overlay_store::store::PathInfo;
 
 /// SplitMix64: small, fast, deterministic; plenty for synthetic data.
