@@ -9,6 +9,7 @@
 //! - [`policy`]: the Lua host that implements the store's policy hooks.
 //! - [`service`]: `watch`, the store as a long-running service.
 
+pub mod accounts;
 pub mod format;
 pub mod policy;
 pub mod serve;

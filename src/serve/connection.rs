@@ -865,7 +865,7 @@ fn sha1_of(data: &[u8]) -> Vec<u8> {
 }
 
 /// Longest text AddTextToStore accepts (a `.drv` is far smaller).
-const MAX_TEXT: u64 = 64 << 20;
+const MAX_TEXT: u64 = 8 << 20;
 
 /// Reads a framed stream (`u64 length` then that many bytes, until a zero length) as
 /// one byte stream. Whatever the consumer leaves unread is drained, so the connection

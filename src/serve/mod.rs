@@ -149,3 +149,84 @@ fn systemd_listener() -> Option<UnixListener> {
     let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     Some(UnixListener::from(fd))
 }
+
+/// Serves one connection whose client sends `input` (from the magic on) and then hangs
+/// up; returns every byte the server answered. For fuzzing the server with hostile
+/// clients and for tests; not a way to use the store.
+#[doc(hidden)]
+pub fn replay(spec: &StoreSpec, input: Vec<u8>) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let (client, server) = UnixStream::pair().expect("socketpair");
+    let reader = client.try_clone().expect("clone");
+    let answers = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&reader).read_to_end(&mut out);
+        out
+    });
+    let sender = std::thread::spawn(move || {
+        let _ = (&client).write_all(&input);
+        let _ = client.shutdown(std::net::Shutdown::Write);
+    });
+    connection::serve(server, spec, false);
+    let _ = sender.join();
+    answers.join().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u64s(ns: &[u64]) -> Vec<u8> {
+        ns.iter().flat_map(|n| n.to_le_bytes()).collect()
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = u64s(&[s.len() as u64]);
+        v.extend_from_slice(s.as_bytes());
+        v.resize(v.len() + (8 - s.len() % 8) % 8, 0);
+        v
+    }
+
+    /// The handshake's answer: magic, our version, the version string, STDERR_LAST.
+    fn greeting_len(answer: &[u8]) -> usize {
+        let vlen = u64::from_le_bytes(answer[16..24].try_into().unwrap()) as usize;
+        24 + vlen + (8 - vlen % 8) % 8 + 8
+    }
+
+    #[test]
+    fn a_query_is_answered_and_a_bad_path_ends_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StoreSpec::from_uri(&format!("local?root={}", dir.path().display())).unwrap();
+        let mut input = u64s(&[0x6e69_7863, 0x122, 0, 0, 1]);
+        input.extend(string("/nix/store/00000000000000000000000000000000-nope"));
+        input.extend(u64s(&[1]));
+        input.extend(string("/etc/passwd"));
+        // Never read: the connection ends at the bad path.
+        input.extend(u64s(&[1]));
+        input.extend(string("/nix/store/00000000000000000000000000000000-nope"));
+        let answer = replay(&spec, input);
+        assert_eq!(&answer[..16], &u64s(&[0x6478_696f, 0x122])[..]);
+        let rest = &answer[greeting_len(&answer)..];
+        // IsValidPath: STDERR_LAST, false.
+        assert_eq!(&rest[..16], &u64s(&[0x616c_7473, 0])[..]);
+        // Then one error frame naming the path, and nothing more.
+        assert_eq!(&rest[16..24], &u64s(&[0x6378_7470])[..]);
+        let text = String::from_utf8_lossy(&rest[24..]);
+        assert!(text.contains("is not in the Nix store"), "{text}");
+        assert_eq!(text.matches("Error").count(), 2, "exactly one error frame: {text}");
+    }
+
+    #[test]
+    fn garbage_and_truncation_cost_only_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StoreSpec::from_uri(&format!("local?root={}", dir.path().display())).unwrap();
+        assert!(replay(&spec, b"GET / HTTP/1.1\r\n\r\n".to_vec()).is_empty(), "no answer to a non-Nix client");
+        // A huge count, a truncated frame stream, an unknown op.
+        for tail in [u64s(&[31, u64::MAX]), u64s(&[39]), u64s(&[44, 0, 0, 100, 1, 2]), u64s(&[9999])] {
+            let mut input = u64s(&[0x6e69_7863, 0x122, 0, 0]);
+            input.extend(tail);
+            let answer = replay(&spec, input);
+            assert!(answer.len() >= greeting_len(&answer));
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Who a client is and what it may do, as `nix-daemon` decides it: the peer's
 //! credentials from the socket (`SO_PEERCRED`), matched against `trusted-users` and
 //! `allowed-users` (user names, `@group` for members of a group, `*` for everyone).
+//! Names come from `/etc/passwd` and `/etc/group` (see `accounts`).
 
 use std::os::fd::AsFd;
 
@@ -20,7 +21,7 @@ impl Peer {
     pub fn of(socket: &impl AsFd) -> std::io::Result<Peer> {
         let cred = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerCredentials)?;
         let uid = cred.uid();
-        let user = nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
+        let user = crate::accounts::user_name(uid).unwrap_or_else(|| uid.to_string());
         Ok(Peer { pid: cred.pid(), uid, gid: cred.gid(), user })
     }
 }
@@ -42,9 +43,9 @@ fn matches(list: &[String], peer: &Peer) -> bool {
             return true;
         }
         let Some(group) = entry.strip_prefix('@') else { return false };
-        match nix::unistd::Group::from_name(group) {
-            Ok(Some(g)) => u32::from(g.gid) == peer.gid || g.mem.iter().any(|m| *m == peer.user),
-            _ => false,
+        match crate::accounts::group(group) {
+            Some(g) => g.gid == peer.gid || g.members.iter().any(|m| *m == peer.user),
+            None => false,
         }
     })
 }
@@ -78,7 +79,15 @@ mod tests {
         s.allowed_users = vec!["*".into()];
         assert_eq!(decide(&s, &peer(1002, "carol")), Trust::Allowed);
         // `@root` names group 0, which every test machine has; carol is not in it.
-        let root_group = nix::unistd::Group::from_gid(0.into()).unwrap().unwrap().name;
+        let root_group = std::fs::read_to_string("/etc/group")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(':').nth(2) == Some("0"))
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
         s.allowed_users = vec![format!("@{root_group}")];
         assert_eq!(decide(&s, &peer(1002, "carol")), Trust::Refused);
         assert_eq!(decide(&s, &Peer { gid: 0, ..peer(1002, "carol") }), Trust::Allowed);

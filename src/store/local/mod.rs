@@ -99,11 +99,7 @@ pub struct LocalStore {
 pub fn create_layout(config: &LocalConfig) -> Result<()> {
     // Root needs no user database lookup (the common case, and it costs a start-up's worth).
     let uid = nix::unistd::geteuid();
-    let user = if uid.is_root() {
-        "root".to_string()
-    } else {
-        nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
-    };
+    let user = if uid.is_root() { "root".to_string() } else { crate::accounts::user_name(uid.as_raw()).unwrap_or_else(|| uid.to_string()) };
     let mut dirs = vec![
         config.real.clone(),
         config.db_dir(),
