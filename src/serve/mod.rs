@@ -85,13 +85,21 @@ impl Server {
     pub fn run(self, stop: &AtomicBool) -> Result<(), ServeError> {
         let err = |source| ServeError::Socket { path: self.socket.clone(), source };
         self.listener.set_nonblocking(true).map_err(err)?;
+        // Woken by a client at once (a sleeping poll loop would add its interval to
+        // every connection), and at least every 100 ms to see `stop`.
+        let wait_for_client = || {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            use std::os::fd::AsFd;
+            let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(100u8));
+        };
         let active = Arc::new(AtomicUsize::new(0));
         let clients: Arc<Mutex<Vec<(UnixStream, std::thread::JoinHandle<()>)>>> = Arc::default();
         while !stop.load(Ordering::Relaxed) {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
+                    wait_for_client();
                     continue;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
