@@ -198,6 +198,10 @@ fn nix_build_through_serve_builds_into_the_upper_layer_and_gc_keeps_its_root() {
         assert_eq!(fs::read_to_string(l.real().join(base_of(&out))).unwrap().trim(), top);
         assert!(l.upper_entries().contains(&base_of(&out)), "the output is in the upper layer");
         assert!(!l.lower_real().join(base_of(&out)).exists());
+        // The sandbox hard-links inputs (copying lower files up); the server drops those copies.
+        for p in nix_store(&sc, &l.lower(), &["-q", "--requisites", &top]).ok().lines() {
+            assert!(!l.upper_entries().contains(&base_of(&p)), "upper copy of lower input {p} left behind");
+        }
         ours(&cfg, &["verify", "--check-contents"]).ok();
         ours(&cfg, &["verify-path", &out]).ok();
         // The -o link is an indirect root: GC through serve keeps the output, and

@@ -163,9 +163,30 @@ fn build_one(conn: &mut Conn, t: &Target, start: u64) -> Outcome {
     if let Err(e) = run_builder(conn, &t.text) {
         return fail(Status::PermanentFailure, e);
     }
-    match check_outputs(conn, &t.path, wanted) {
-        Ok(()) => Outcome { target: t.text.clone(), status: Status::Built, error: String::new(), start, stop: now() },
-        Err(e) => fail(Status::MiscFailure, e),
+    if let Err(e) = check_outputs(conn, &t.path, wanted) {
+        return fail(Status::MiscFailure, e);
+    }
+    drop_copied_up_inputs(conn);
+    Outcome { target: t.text.clone(), status: Status::Built, error: String::new(), start, stop: now() }
+}
+
+/// Nix's sandbox hard-links regular-file inputs into the build's chroot, and on
+/// OverlayFS a hard link of a lower file copies it up: after a build the upper layer can
+/// hold identical copies of lower inputs. `optimise` takes them out again.
+fn drop_copied_up_inputs(conn: &mut Conn) {
+    let Opened::Overlay(o) = &mut conn.store else { return };
+    let lower = o.plan().lowerdir.clone();
+    let upper = o.upper_layer().to_path_buf();
+    let duplicated = std::fs::read_dir(&upper)
+        .map(|rd| rd.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.') && lower.join(e.file_name()).exists()))
+        .unwrap_or(false);
+    if duplicated {
+        let mut notice = |m: &str| tracing::debug!("{m}");
+        match o.optimise(&mut notice) {
+            Ok(r) if !r.paths.is_empty() => tracing::info!("removed {} upper copies of lower inputs after a build", r.paths.len()),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not remove upper copies of lower inputs after a build: {e}"),
+        }
     }
 }
 
