@@ -152,6 +152,20 @@ fn uploads_land_in_the_upper_layer_with_nix_s_rows() {
         let got = served.nix_in(&sc, "nix-store", &["--import"], Some(&stream)).ok().out();
         assert_eq!(got.trim(), imported);
         assert!(l.upper_entries().contains(&base_of(&imported)));
+        // Its row is the one stock Nix writes importing the same stream (but for when).
+        let nix_import = base.join("oracle-import");
+        nix(&sc, "nix-store", &["--store", nix_import.to_str().unwrap(), "--import"], Some(&stream)).ok();
+        let json = |store: &str, p: &str| nix(&sc, "nix", &["path-info", "--store", store, "--json", p], None);
+        let strip_time = |s: String| {
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            let mut v = v[0].clone();
+            v.as_object_mut().unwrap().remove("registrationTime");
+            v
+        };
+        assert_eq!(
+            strip_time(served.nix(&sc, "nix", &["path-info", "--json", &imported]).ok().out()),
+            strip_time(json(nix_import.to_str().unwrap(), &imported).ok().out())
+        );
         // nix copy --to: AddMultipleToStore, a closure at once.
         let dir = write_default_nix(&base.join("expr2"));
         let _ = dir;
@@ -167,6 +181,13 @@ fn uploads_land_in_the_upper_layer_with_nix_s_rows() {
         );
         assert_eq!(r.code, 0, "nix copy: {}", r.stderr);
         assert!(l.upper_entries().contains(&base_of(&extra_path)));
+        // The row stock `nix copy` writes into a plain store of its own.
+        let nix_copy = base.join("oracle-copy");
+        nix(&sc, "nix", &["copy", "--from", src.to_str().unwrap(), "--to", nix_copy.to_str().unwrap(), &extra_path], None).ok();
+        assert_eq!(
+            strip_time(served.nix(&sc, "nix", &["path-info", "--json", &extra_path]).ok().out()),
+            strip_time(json(nix_copy.to_str().unwrap(), &extra_path).ok().out())
+        );
         // The store verifies, through us and through stock Nix's view of the upper
         // database; the lower store is untouched.
         ours(&cfg, &["verify", "--check-contents"]).ok();

@@ -224,6 +224,19 @@ mod tests {
         assert_eq!(text.matches("Error").count(), 2, "exactly one error frame: {text}");
     }
 
+    /// A newer client (1.38 here) is answered in 1.34: no feature lists, no trust byte.
+    #[test]
+    fn newer_clients_negotiate_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StoreSpec::from_uri(&format!("local?root={}", dir.path().display())).unwrap();
+        let mut input = u64s(&[0x6e69_7863, 0x126, 0, 0, 1]);
+        input.extend(string("/nix/store/00000000000000000000000000000000-nope"));
+        let answer = replay(&spec, input);
+        assert_eq!(&answer[8..16], &u64s(&[0x122])[..]);
+        let rest = &answer[greeting_len(&answer)..];
+        assert_eq!(rest, &u64s(&[0x616c_7473, 0])[..], "IsValidPath answered as 1.34 answers it");
+    }
+
     #[test]
     fn garbage_and_truncation_cost_only_the_connection() {
         let dir = tempfile::tempdir().unwrap();
