@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use overlay_store::format::StorePath;
-use overlay_store::store::local::gc::{Collector, GcAction, GcOptions, GcReport, GcTarget};
+use overlay_store::store::gc::{Collector, GcAction, GcOptions, GcReport, GcTarget};
 use overlay_store::store::local::roots::print_roots_lines;
 use overlay_store::store::Store;
 

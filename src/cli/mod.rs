@@ -20,12 +20,12 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::cli::logging::LogFormat;
 use overlay_store::policy::LuaPolicy;
 use overlay_store::spec::{SpecError, StoreKind, StoreSpec};
-use overlay_store::store::local::gc::RealDirRemover;
+use overlay_store::store::gc::RealDirRemover;
 use overlay_store::store::local::ingest;
-use overlay_store::store::local::repair::{self, RepairSource};
 use overlay_store::store::local::verify::{Fix, Verifier};
 use overlay_store::store::local::{LocalConfig, LocalStore};
 use overlay_store::store::overlay::{self, MountError, MountPlan, OverlayStore};
+use overlay_store::store::repair::{self, RepairSource};
 pub use overlay_store::store::Opened;
 use overlay_store::store::{Store, StoreError};
 

@@ -8,7 +8,7 @@ use mlua::{Lua, Scope, Table, Value};
 
 use crate::policy::host::PolicyHost;
 use crate::spec::StoreSpec;
-use crate::store::local::gc::DeadPath;
+use crate::store::gc::DeadPath;
 use crate::store::PathInfo;
 
 /// The functions that need a store, in the order the LuaLS stub lists them.

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::policy::host::SampleHost;
 use crate::policy::{HookError, LuaPolicy, PolicyHost, HOOKS};
 use crate::spec::{PolicyLimits, StoreSpec};
-use crate::store::local::gc::DeadPath;
+use crate::store::gc::DeadPath;
 use crate::store::overlay::CopyUpReason;
 
 /// What the dry run of one hook did.

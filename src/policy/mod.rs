@@ -22,8 +22,9 @@ use mlua::{ChunkMode, Function, Lua, Table, Value};
 
 use crate::format::StorePath;
 use crate::spec::{PolicyLimits, StoreSpec};
-use crate::store::local::gc::DeadPath;
-use crate::store::overlay::{CopyUpReason, GcChoice, OverlayPolicy, OverlayStore, PolicyFailure};
+use crate::store::gc::DeadPath;
+use crate::store::gc::GcChoice;
+use crate::store::overlay::{CopyUpReason, OverlayPolicy, OverlayStore, PolicyFailure};
 use crate::store::{PathInfo, Result as StoreResult};
 
 pub use host::{PolicyHost, SampleHost};

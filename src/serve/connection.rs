@@ -15,7 +15,7 @@ use crate::format::hash::{Hash, HashAlgo};
 use crate::format::{ContentAddress, DrvOutput, Realisation, StoreDir, StorePath};
 use crate::spec::{StoreKind, StoreSpec};
 use crate::store::daemon::wire::{self, read_bool, read_count, read_string, read_strings, read_u64, write_string, write_u64, WireError};
-use crate::store::local::gc::{Collector, GcAction, GcOptions};
+use crate::store::gc::{Collector, GcAction, GcOptions};
 use crate::store::local::ingest::{self, NarUpload};
 use crate::store::{Opened, PathInfo, StoreError};
 

@@ -20,8 +20,8 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::policy::LuaPolicy;
 use crate::spec::{StoreKind, StoreSpec};
-use crate::store::local::gc::GcLock;
-use crate::store::local::gc::{Collector, GcAction, GcOptions};
+use crate::store::gc::GcLock;
+use crate::store::gc::{Collector, GcAction, GcOptions};
 use crate::store::overlay::{self, NixPolicy, OpenOptions, OverlayPolicy, OverlayStore, PolicyFailure};
 use crate::store::{PathInfo, Result as StoreResult};
 
@@ -46,7 +46,7 @@ impl OverlayPolicy for Shared {
     fn gc_roots(&self, s: &OverlayStore) -> StoreResult<Vec<crate::format::StorePath>> {
         self.0.gc_roots(s)
     }
-    fn gc(&self, s: &OverlayStore, d: Vec<crate::store::local::gc::DeadPath>, l: &[bool]) -> StoreResult<overlay::GcChoice> {
+    fn gc(&self, s: &OverlayStore, d: Vec<crate::store::gc::DeadPath>, l: &[bool]) -> StoreResult<crate::store::gc::GcChoice> {
         self.0.gc(s, d, l)
     }
     fn remount(&self, s: &OverlayStore, r: &str) -> StoreResult<bool> {

@@ -398,7 +398,7 @@ fn unknown_keys_suggest_the_closest() {
         toml_err("frobnicate = 1"),
         "/etc/overlay/store.toml:1:1: frobnicate: unknown key; expected one of: type, store-dir, root, \
          real, state, log, upper-layer, check-mount, read-only, immutable, remount-hook, policy, \
-         socket, timeout-secs, lower-store, mount, gc, watch, policy-limits"
+         socket, timeout-secs, lower-store, mount, gc, watch, serve, policy-limits"
     );
     assert_eq!(
         toml_err("[gc]\nkeep-output = true"),

@@ -5,10 +5,12 @@
 
 pub mod daemon;
 pub mod fs;
+pub mod gc;
 pub mod kill_point;
 pub mod local;
 pub mod opened;
 pub mod overlay;
+pub mod repair;
 pub mod topo;
 
 pub use opened::Opened;

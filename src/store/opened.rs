@@ -3,7 +3,7 @@
 
 use crate::format::Realisation;
 use crate::spec::{StoreKind, StoreSpec};
-use crate::store::local::gc::GcTarget;
+use crate::store::gc::GcTarget;
 use crate::store::local::ingest::IngestTarget;
 use crate::store::local::{LocalConfig, LocalStore};
 use crate::store::overlay::{OpenOptions, OverlayPolicy, OverlayStore};

@@ -14,7 +14,7 @@ pub const MAX_ITEMS: u64 = 1 << 24;
 pub enum WireError {
     #[error("the other side closed the connection")]
     Closed,
-    #[error("no answer within the read timeout")]
+    #[error("the other side did not answer within the read timeout")]
     Timeout,
     #[error("malformed worker protocol data: {0}")]
     Malformed(String),

@@ -13,10 +13,8 @@
 //! ```
 
 pub mod db;
-pub mod gc;
 pub mod ingest;
 pub mod lock;
-pub mod repair;
 pub mod roots;
 pub mod temproots;
 pub mod verify;

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use crate::format::StorePath;
 use crate::store::fs::tree::{measure as measure_tree, remove as remove_tree_counting};
-use crate::store::local::gc::{FileRemover, GcTarget, Removed};
+use crate::store::gc::{FileRemover, GcTarget, Removed};
 use crate::store::local::LocalStore;
 use crate::store::overlay::{mount, OverlayStore};
 use crate::store::{io_err, Result, Store, StoreError};
@@ -156,7 +156,7 @@ impl OverlayStore {
     /// the database describes.
     pub fn optimise(&mut self, notice: &mut dyn FnMut(&str)) -> Result<OptimiseReport> {
         let state = self.upper.config().state.clone();
-        let _gc = crate::store::local::gc::GcLock::acquire(&state, notice)?;
+        let _gc = crate::store::gc::GcLock::acquire(&state, notice)?;
         let remover = self.remover();
         let mut report = OptimiseReport::default();
         for info in self.upper.db().all_infos()? {
@@ -224,7 +224,7 @@ impl GcTarget for OverlayStore {
     fn extra_roots(&self) -> Result<Vec<StorePath>> {
         self.policy.gc_roots(self)
     }
-    fn choose(&self, dead: Vec<crate::store::local::gc::DeadPath>) -> Result<crate::store::overlay::GcChoice> {
+    fn choose(&self, dead: Vec<crate::store::gc::DeadPath>) -> Result<crate::store::gc::GcChoice> {
         let in_lower: Vec<bool> = dead.iter().map(|d| fs::symlink_metadata(self.plan.lowerdir.join(d.path.basename())).is_ok()).collect();
         self.policy.gc(self, dead, &in_lower)
     }

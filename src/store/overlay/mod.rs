@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::format::{DrvOutput, Realisation, StoreDir, StorePath};
 use crate::spec::{StoreKind, StoreSpec};
-use crate::store::local::gc::DeadPath;
+use crate::store::gc::{DeadPath, GcChoice};
 use crate::store::local::ingest::IngestTarget;
 use crate::store::local::{LocalConfig, LocalStore, Registration};
 use crate::store::{io_err, PathInfo, Result, Store, StoreError};
@@ -79,14 +79,6 @@ pub trait OverlayPolicy {
     fn failures(&self) -> Vec<PolicyFailure> {
         Vec::new()
     }
-}
-
-/// What a policy's `gc` hook decided.
-#[derive(Debug, Default, Clone)]
-pub struct GcChoice {
-    pub delete: Vec<StorePath>,
-    /// Why a kept path is kept, when the policy says.
-    pub reasons: BTreeMap<StorePath, String>,
 }
 
 /// A hook that failed; `changed_outcome` is true when the safe default changed what the

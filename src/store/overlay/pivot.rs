@@ -18,7 +18,7 @@ use crate::format::hash::{HashAlgo, HashSink};
 use crate::format::StorePath;
 use crate::spec::StoreSpec;
 use crate::store::fs::tree::{self, remove as remove_tree, remove as remove_tree_counting};
-use crate::store::local::gc::{Collector, GcAction, GcLock, GcOptions, GcTarget};
+use crate::store::gc::{Collector, GcAction, GcLock, GcOptions, GcTarget};
 use crate::store::local::lock::{FileLock, LockKind};
 use crate::store::local::{LocalConfig, LocalStore, Registration};
 use crate::store::overlay::{copy_up, mount_plan, open_lower, MountPlan, OverlayStore};

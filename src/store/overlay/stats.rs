@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fs;
 
 use crate::store::fs::tree::measure as measure_tree;
-use crate::store::local::gc::{Collector, GcAction, GcOptions};
+use crate::store::gc::{Collector, GcAction, GcOptions};
 use crate::store::overlay::OverlayStore;
 use crate::store::Result;
 

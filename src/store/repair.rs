@@ -12,7 +12,7 @@ use crate::format::export;
 use crate::format::nar::{NarError, NarVisitor};
 use crate::format::StorePath;
 use crate::store::fs::tree::{self, remove as remove_tree};
-use crate::store::local::gc::FileRemover;
+use crate::store::gc::FileRemover;
 use crate::store::local::verify::hash_path;
 use crate::store::local::{LocalStore, PathLock};
 use crate::store::{io_err, PathInfo, Result, Store, StoreError};
