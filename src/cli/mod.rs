@@ -678,7 +678,7 @@ fn verify(opened: &mut Opened, check_contents: bool, repair_from: Option<&str>) 
         if let Some(real) = merged.as_deref().filter(|r| !overlay::mount::is_overlayfs(r)) {
             return Err(not_mounted(real));
         }
-        store.db_mut().delete_paths(&forget)?;
+        store.db().delete_paths(&forget)?;
     }
     for f in &fixes {
         match f {

@@ -251,7 +251,7 @@ impl Collector<'_> {
             let kept =
                 if keep.is_empty() { HashSet::new() } else { db.closure(&keep)?.0.into_iter().map(|i| i.path).collect::<HashSet<_>>() };
             let now: Vec<StorePath> = doomed_paths.iter().filter(|p| !kept.contains(*p)).cloned().collect();
-            db.delete_paths_in_order(&now)?;
+            db.delete_paths(&now)?;
             Ok(now)
         });
         let doomed_paths = match deleted {

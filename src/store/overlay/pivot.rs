@@ -472,7 +472,7 @@ fn commit_database(upper: &LocalStore, new_lower: &dyn Store, drops: &[StorePath
     let refs: BTreeSet<StorePath> = regs.iter().flat_map(|r| r.info.references.iter().cloned()).collect();
     let db = upper.db();
     db.in_tx(|| {
-        db.delete_paths_in_order(&order)?;
+        db.delete_paths(&order)?;
         let mut all = copy_up::lower_closure_registrations(upper, new_lower, refs)?;
         all.extend(regs);
         if !all.is_empty() {
