@@ -9,6 +9,8 @@
 
 mod build;
 mod connection;
+mod handlers;
+mod protocol;
 pub mod trust;
 
 use std::os::fd::{FromRawFd, OwnedFd};
