@@ -5,10 +5,12 @@ mod gc;
 mod logging;
 mod output;
 mod paths;
+mod pivot;
 mod query;
 mod read;
 mod realisation;
 mod serve;
+mod verify;
 mod watch;
 
 use std::ffi::OsString;
@@ -20,14 +22,11 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::cli::logging::LogFormat;
 use overlay_store::policy::LuaPolicy;
 use overlay_store::spec::{SpecError, StoreKind, StoreSpec};
-use overlay_store::store::gc::RealDirRemover;
 use overlay_store::store::local::ingest;
-use overlay_store::store::local::verify::{Fix, Verifier};
 use overlay_store::store::local::{LocalConfig, LocalStore};
-use overlay_store::store::overlay::{self, MountError, MountPlan, OverlayStore};
-use overlay_store::store::repair::{self, RepairSource};
+use overlay_store::store::overlay::{self, MountError, MountPlan};
 pub use overlay_store::store::Opened;
-use overlay_store::store::{Store, StoreError};
+use overlay_store::store::StoreError;
 
 /// A parsed command line: the global options and the subcommand.
 #[derive(Debug)]
@@ -512,7 +511,7 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             let Opened::Overlay(store) = opened else {
                 return Err(CliError::Usage("pivot applies to local-overlay stores".into()));
             };
-            pivot(store, &spec, &new_spec, dry_run, json)
+            pivot::pivot(store, &spec, &new_spec, dry_run, json)
         }
         Command::Watch => {
             let file = cli.global.config.clone().or_else(|| std::env::var_os("OVERLAY_STORE_CONFIG").map(PathBuf::from));
@@ -557,141 +556,9 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
         Command::Verify { check_contents, repair, repair_from } => {
             let opened = session.open(&spec)?;
             let from = if repair { repair_from.as_deref() } else { None };
-            verify(opened, check_contents, from)
+            verify::verify(opened, check_contents, from)
         }
     }
-}
-
-/// Opens what `--repair-from` names: an export file, or a store (read-only).
-fn repair_source(arg: &str) -> CliResult<Result<Box<dyn Store>, PathBuf>> {
-    let p = std::path::Path::new(arg);
-    if p.is_file() && !arg.ends_with(".toml") {
-        return Ok(Err(p.to_path_buf()));
-    }
-    let spec = StoreSpec::parse_arg(arg)?;
-    Ok(Ok(overlay::open_lower(&spec)?))
-}
-
-fn pivot(store: &mut OverlayStore, spec: &StoreSpec, new_spec: &StoreSpec, dry_run: bool, json: bool) -> CliResult {
-    let plan = store.plan_pivot(new_spec, spec.gc.keep_derivations, spec.gc.keep_outputs)?;
-    let sd = store.store_dir().clone();
-    let copy_bytes: u64 = plan.copies().map(|e| e.nar_size).sum();
-    let summary = format!(
-        "{} paths to copy up ({:.2} MiB), {} to drop, {} refreshed from the new lower store",
-        plan.copies().count(),
-        copy_bytes as f64 / 1048576.0,
-        plan.drops().count(),
-        plan.refreshed.len()
-    );
-    let mut out = stdout();
-    if json {
-        let v = serde_json::json!({
-            "dryRun": dry_run,
-            "from": plan.old_lowerdir,
-            "to": plan.new_lowerdir,
-            "copy": plan.copies().map(|e| sd.display(&e.path)).collect::<Vec<_>>(),
-            "drop": plan.drops().map(|e| sd.display(&e.path)).collect::<Vec<_>>(),
-            "refreshed": plan.refreshed.iter().map(|p| sd.display(p)).collect::<Vec<_>>(),
-            "copyBytes": copy_bytes,
-        });
-        writeln!(out, "{v}").map_err(out_err)?;
-    } else if dry_run {
-        for e in &plan.entries {
-            writeln!(out, "{} {}", e.action.as_str(), sd.display(&e.path)).map_err(out_err)?;
-        }
-        writeln!(out, "{summary}").map_err(out_err)?;
-    }
-    out.flush().map_err(out_err)?;
-    if dry_run {
-        return Ok(());
-    }
-    store.pivot(new_spec, &plan)?;
-    tracing::info!("pivoted to '{}': {summary}", plan.new_lowerdir.display());
-    Ok(())
-}
-
-fn verify(opened: &mut Opened, check_contents: bool, repair_from: Option<&str>) -> CliResult {
-    if let Some(from) = repair_from {
-        let (modified, missing) = {
-            let store = opened.registry();
-            let infos = store.db().all_infos()?;
-            let mut quiet = |_: &str| {};
-            let (report, _) = Verifier { store: &*store, check_contents, notice: &mut quiet }.run(infos, None)?;
-            (report.modified, report.missing_with_referrers)
-        };
-        let broken: std::collections::BTreeSet<_> = modified.into_iter().chain(missing).collect();
-        if !broken.is_empty() {
-            let source = repair_source(from)?;
-            let src = match &source {
-                Ok(s) => RepairSource::Store(s.as_ref()),
-                Err(f) => RepairSource::ExportFile(f.clone()),
-            };
-            let report = match opened {
-                Opened::Local(s) => {
-                    let remover = RealDirRemover { real: s.config().real.clone() };
-                    repair::repair(s, &remover, None, &src, &broken)?
-                }
-                Opened::Overlay(o) => {
-                    let remover = o.remover();
-                    let lower_real = o.plan().lowerdir.clone();
-                    let upper_layer = o.upper_layer().to_path_buf();
-                    let note_bypass = || remover.note_bypass();
-                    let lower = repair::LowerLayer { lower_real: &lower_real, upper_layer: &upper_layer, note_bypass: &note_bypass };
-                    let r = repair::repair(o.upper(), &remover, Some(&lower), &src, &broken)?;
-                    if r.bypassed_mount {
-                        o.remount("repair")?;
-                    }
-                    r
-                }
-            };
-            let sd = opened.store().store_dir().clone();
-            for p in &report.repaired {
-                tracing::info!("repaired path '{}'", sd.display(p));
-            }
-            for (p, why) in &report.failed {
-                tracing::warn!("cannot repair path '{}': {why}", sd.display(p));
-            }
-        }
-    }
-    // On an overlay that is not mounted every path looks gone (check-mount = false, or
-    // an umount racing us): forgetting them would empty the upper database. Nix would.
-    let merged = match opened {
-        Opened::Overlay(o) => Some(o.plan().real.clone()),
-        Opened::Local(_) => None,
-    };
-    let not_mounted = |real: &std::path::Path| {
-        CliError::Failed(format!(
-            "overlay filesystem '{}' is not mounted: verify forgot nothing (mount it with `overlay-store mount`, then verify again)",
-            real.display()
-        ))
-    };
-    if let Some(real) = merged.as_deref().filter(|r| !overlay::mount::is_overlayfs(r)) {
-        return Err(not_mounted(real));
-    }
-    let store = opened.registry();
-    let infos = store.db().all_infos()?;
-    let links = store.config().real.join(".links");
-    let mut notice = |m: &str| tracing::info!("{m}");
-    let (report, fixes) = Verifier { store: &*store, check_contents, notice: &mut notice }.run(infos, Some(&links))?;
-    let forget: Vec<_> = fixes.iter().filter_map(|f| if let Fix::Forget(p) = f { Some(p.clone()) } else { None }).collect();
-    if !forget.is_empty() {
-        if let Some(real) = merged.as_deref().filter(|r| !overlay::mount::is_overlayfs(r)) {
-            return Err(not_mounted(real));
-        }
-        store.db().delete_paths(&forget)?;
-    }
-    for f in &fixes {
-        match f {
-            Fix::SetHash(p, h) => store.db().fix_hash_and_size(p, Some(h), None)?,
-            Fix::SetSize(p, n) => store.db().fix_hash_and_size(p, None, Some(*n))?,
-            Fix::Forget(_) => {}
-        }
-    }
-    if report.errors > 0 {
-        tracing::warn!("not all store errors were fixed");
-        return Err(CliError::Reported);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `path-info` output: Nix's text table, or current Nix's JSON (format 1: an object keyed
 //! by store path, keys in alphabetical order, `null` for an invalid path).
 
+use clap::Args;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 
@@ -9,7 +10,6 @@ use serde_json::{json, Map, Value};
 use overlay_store::format::StorePath;
 use overlay_store::store::{PathInfo, Store, StoreError};
 
-use super::read::PathInfoArgs;
 use super::{out_err, paths, stdout, CliError, CliResult};
 
 /// Closure sizes of every path in `infos` (which must be closed under references),
@@ -56,6 +56,24 @@ fn info_json(store: &dyn Store, info: &PathInfo, closure_size: Option<u64>) -> V
     m.insert("ultimate".into(), json!(info.ultimate));
     m.insert("version".into(), json!(1));
     Value::Object(m)
+}
+
+#[derive(Args, Debug)]
+pub struct PathInfoArgs {
+    /// Print JSON: an object keyed by store path, as current `nix path-info --json`.
+    #[arg(long)]
+    pub json: bool,
+    /// Apply to the closure of the paths.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Print the closure size of each path.
+    #[arg(short = 'S', long = "closure-size")]
+    pub closure_size: bool,
+    /// Print the NAR size of each path.
+    #[arg(short = 's', long = "size")]
+    pub size: bool,
+    #[arg(required = true)]
+    pub paths: Vec<String>,
 }
 
 pub fn path_info(store: &dyn Store, args: &PathInfoArgs) -> CliResult {

@@ -6,12 +6,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
 use overlay_store::spec::StoreSpec;
 use overlay_store::store::local::verify::{hash_path, modified_message};
 use overlay_store::store::{Store, StoreError};
 
+use super::output::PathInfoArgs;
 use super::{out_err, output, paths, query, stdout, CliError, CliResult};
 
 #[derive(Subcommand, Debug)]
@@ -34,24 +35,6 @@ pub enum ReadCommand {
         #[arg(required = true)]
         paths: Vec<String>,
     },
-}
-
-#[derive(Args, Debug)]
-pub struct PathInfoArgs {
-    /// Print JSON: an object keyed by store path, as current `nix path-info --json`.
-    #[arg(long)]
-    pub json: bool,
-    /// Apply to the closure of the paths.
-    #[arg(short = 'r', long)]
-    pub recursive: bool,
-    /// Print the closure size of each path.
-    #[arg(short = 'S', long = "closure-size")]
-    pub closure_size: bool,
-    /// Print the NAR size of each path.
-    #[arg(short = 's', long = "size")]
-    pub size: bool,
-    #[arg(required = true)]
-    pub paths: Vec<String>,
 }
 
 pub fn run(cmd: ReadCommand, store: &dyn Store, spec: &StoreSpec) -> CliResult {
