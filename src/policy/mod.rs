@@ -78,19 +78,6 @@ fn type_name(v: &Value) -> String {
     v.type_name().to_string()
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 pub struct LuaPolicy {
     lua: Lua,
     budget: Rc<sandbox::Budget>,
@@ -132,13 +119,9 @@ impl LuaPolicy {
                 other => other.type_name().to_string(),
             };
             if !HOOKS.iter().any(|(h, _)| *h == name) {
-                let hint = HOOKS
-                    .iter()
-                    .map(|(h, _)| (edit_distance(&name, h), h))
-                    .min()
-                    .filter(|(d, _)| *d <= 3)
-                    .map(|(_, h)| format!(" (did you mean '{h}'?)"))
-                    .unwrap_or_default();
+                let names: Vec<&str> = HOOKS.iter().map(|(h, _)| *h).collect();
+                let hint =
+                    crate::spec::did_you_mean(&name, &names).map(|h| format!(" (did you mean '{h}'?)")).unwrap_or_default();
                 return Err(PolicyError::UnknownHook { file: file.to_path_buf(), name, hint });
             }
             if !matches!(v, Value::Function(_)) {

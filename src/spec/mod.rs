@@ -92,6 +92,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use error::{Place, SpecError, SpecErrorKind};
+pub(crate) use util::did_you_mean;
 
 /// Nix's default logical store directory.
 pub const DEFAULT_STORE_DIR: &str = "/nix/store";

@@ -46,37 +46,11 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
         4..=7 => 2,
         _ => 3,
     };
-    candidates.iter().map(|c| (osa_distance(&w, &fold(c)), *c)).filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d).map(|(_, c)| c)
+    // Optimal string alignment: Levenshtein plus adjacent transpositions, so `tpye`
+    // is one edit from `type`.
+    candidates.iter().map(|c| (strsim::osa_distance(&w, &fold(c)), *c)).filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d).map(|(_, c)| c)
 }
 
-/// Optimal string alignment distance: Levenshtein plus adjacent
-/// transpositions, so `tpye` is one edit from `type`.
-fn osa_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let (n, m) = (a.len(), b.len());
-    let mut d = vec![vec![0usize; m + 1]; n + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=n {
-        for j in 1..=m {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[n][m]
-}
-
-/// Suffix for an "unknown key/parameter" message: a suggestion when one is
-/// close, else the full list, so the user never has to open the docs.
 pub(crate) fn unknown_hint(word: &str, candidates: &[&str]) -> String {
     match did_you_mean(word, candidates) {
         Some(s) => format!("did you mean `{s}`?"),
