@@ -421,6 +421,21 @@ impl OverlayPolicy for LuaPolicy {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_misspelt_hook_gets_a_suggestion() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("p.lua");
+        for (name, want) in [("gc_root", Some("gc_roots")), ("GC", Some("gc")), ("copyup", Some("copy_up")), ("frobnicate", None)] {
+            std::fs::write(&f, format!("return {{ {name} = function() end }}\n")).unwrap();
+            let err = LuaPolicy::load(&f, &PolicyLimits::default(), None).err().expect("an unknown hook").to_string();
+            assert!(err.contains(&format!("unknown hook '{name}'")), "{err}");
+            match want {
+                Some(w) => assert!(err.contains(&format!("did you mean '{w}'?")), "{err}"),
+                None => assert!(!err.contains("did you mean"), "{err}"),
+            }
+        }
+    }
+
     /// Every function a policy can call, and every hook, is described in the LuaLS stub.
     #[test]
     fn the_luals_stub_covers_the_api() {
