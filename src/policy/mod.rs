@@ -120,8 +120,7 @@ impl LuaPolicy {
             };
             if !HOOKS.iter().any(|(h, _)| *h == name) {
                 let names: Vec<&str> = HOOKS.iter().map(|(h, _)| *h).collect();
-                let hint =
-                    crate::spec::did_you_mean(&name, &names).map(|h| format!(" (did you mean '{h}'?)")).unwrap_or_default();
+                let hint = crate::spec::did_you_mean(&name, &names).map(|h| format!(" (did you mean '{h}'?)")).unwrap_or_default();
                 return Err(PolicyError::UnknownHook { file: file.to_path_buf(), name, hint });
             }
             if !matches!(v, Value::Function(_)) {

@@ -5,11 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use crate::format::export;
-use crate::format::nar::{NarError, NarVisitor};
 use crate::format::StorePath;
 use crate::store::fs::tree::{self, remove as remove_tree};
 use crate::store::gc::FileRemover;
@@ -29,34 +28,6 @@ pub struct RepairReport {
     /// Paths that could not be repaired, with why.
     pub failed: Vec<(StorePath, String)>,
     pub bypassed_mount: bool,
-}
-
-/// Restores into a temp name, created at the first node.
-struct MaybeRestore {
-    root: PathBuf,
-    inner: Option<tree::Restorer>,
-}
-
-impl MaybeRestore {
-    fn v(&mut self) -> Option<&mut tree::Restorer> {
-        let root = self.root.clone();
-        Some(self.inner.get_or_insert_with(|| tree::Restorer::new(root)))
-    }
-}
-
-impl NarVisitor for MaybeRestore {
-    fn directory(&mut self, p: &Path) -> Result<(), NarError> {
-        self.v().map_or(Ok(()), |v| v.directory(p))
-    }
-    fn directory_end(&mut self, p: &Path) -> Result<(), NarError> {
-        self.v().map_or(Ok(()), |v| v.directory_end(p))
-    }
-    fn file(&mut self, p: &Path, x: bool, n: u64, c: &mut dyn Read) -> Result<(), NarError> {
-        self.v().map_or(Ok(()), |v| v.file(p, x, n, c))
-    }
-    fn symlink(&mut self, p: &Path, t: &[u8]) -> Result<(), NarError> {
-        self.v().map_or(Ok(()), |v| v.symlink(p, t))
-    }
 }
 
 /// Restores good copies of `infos` into temporary objects that `new_temp` names.
@@ -92,7 +63,7 @@ fn fetch(
             loop {
                 // The item's path comes after its NAR: restore every NAR, keep the wanted.
                 let tmp = new_temp()?;
-                let mut v = MaybeRestore { root: tmp.clone(), inner: None };
+                let mut v = tree::Restorer::new(tmp.clone());
                 let item = match export::read_item(&mut r, &sd, &mut v) {
                     Ok(Some(i)) => i,
                     Ok(None) => break,

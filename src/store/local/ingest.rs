@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use crate::format::export;
 use crate::format::hash::{HashAlgo, HashSink, HashingReader};
-use crate::format::nar::{NarError, NarVisitor};
 use crate::format::store_path::{validate_name, ContentAddress, FileIngestion};
 use crate::format::StorePath;
 use crate::store::fs::tree::{self, remove as remove_tree};
@@ -128,34 +127,6 @@ impl LocalStore {
     }
 }
 
-/// Restores a NAR into a temporary object, created lazily at the first node.
-struct TempRestorer {
-    root: PathBuf,
-    inner: Option<Box<dyn NarVisitor>>,
-}
-
-impl NarVisitor for TempRestorer {
-    fn directory(&mut self, p: &Path) -> Result<(), NarError> {
-        self.visitor().directory(p)
-    }
-    fn directory_end(&mut self, p: &Path) -> Result<(), NarError> {
-        self.visitor().directory_end(p)
-    }
-    fn file(&mut self, p: &Path, x: bool, n: u64, c: &mut dyn Read) -> Result<(), NarError> {
-        self.visitor().file(p, x, n, c)
-    }
-    fn symlink(&mut self, p: &Path, t: &[u8]) -> Result<(), NarError> {
-        self.visitor().symlink(p, t)
-    }
-}
-
-impl TempRestorer {
-    fn visitor(&mut self) -> &mut dyn NarVisitor {
-        let root = self.root.clone();
-        self.inner.get_or_insert_with(|| Box::new(tree::Restorer::new(root))).as_mut()
-    }
-}
-
 /// `nix-store --import`: reads an export stream and registers every new path in it, all
 /// in one transaction. Returns every path of the stream, in stream order.
 pub fn import(target: &mut dyn IngestTarget, input: &mut dyn Read) -> Result<Vec<StorePath>> {
@@ -165,7 +136,7 @@ pub fn import(target: &mut dyn IngestTarget, input: &mut dyn Read) -> Result<Vec
     loop {
         let tmp = TempObject(Some(staging.target.local().temp_name("import")?));
         let tmp_path = tmp.0.clone().expect("set");
-        let mut restorer = TempRestorer { root: tmp_path, inner: None };
+        let mut restorer = tree::Restorer::new(tmp_path);
         let Some(item) = export::read_item(input, &sd, &mut restorer)? else {
             break;
         };
@@ -209,7 +180,7 @@ impl<'t> Staging<'t> {
     pub fn stage(&mut self, info: PathInfo, nar: &mut dyn Read) -> Result<()> {
         let sd = self.target.local().config().store_dir.clone();
         let tmp = TempObject(Some(self.target.local().temp_name("upload")?));
-        let mut restorer = TempRestorer { root: tmp.0.clone().expect("set"), inner: None };
+        let mut restorer = tree::Restorer::new(tmp.0.clone().expect("set"));
         let mut hashing = HashingReader::new(nar, info.nar_hash.algo());
         crate::format::nar::parse(&mut hashing, &mut restorer)?;
         let (got, size) = hashing.finish();
@@ -322,7 +293,7 @@ pub fn add_ca(
     let tmp_path = tmp.0.clone().expect("set");
     let (path, ca) = match method {
         CaMethod::Recursive(algo) => {
-            let mut restorer = TempRestorer { root: tmp_path.clone(), inner: None };
+            let mut restorer = tree::Restorer::new(tmp_path.clone());
             let mut hashing = HashingReader::new(data, algo);
             crate::format::nar::parse(&mut hashing, &mut restorer)?;
             let (hash, _) = hashing.finish();
