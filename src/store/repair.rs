@@ -121,7 +121,7 @@ pub struct LowerLayer<'a> {
 
 impl LowerLayer<'_> {
     fn has(&self, p: &StorePath) -> bool {
-        fs::symlink_metadata(self.lower_real.join(p.basename())).is_ok()
+        crate::store::overlay::layers::Layers::new(self.upper_layer, self.lower_real).lower_has(p.basename())
     }
 
     fn temp_name(&self) -> PathBuf {

@@ -10,7 +10,6 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,6 +17,7 @@ use crate::format::StorePath;
 use crate::store::fs::tree::{measure as measure_tree, remove as remove_tree_counting};
 use crate::store::gc::{FileRemover, GcTarget, Removed};
 use crate::store::local::LocalStore;
+use crate::store::overlay::layers::{Layers, Location};
 use crate::store::overlay::{mount, OverlayStore};
 use crate::store::{io_err, Result, Store, StoreError};
 
@@ -56,11 +56,12 @@ impl OverlayRemover {
     /// is a whiteout), else through the mount.
     fn remove_entry(&self, name: &std::ffi::OsStr) -> io::Result<Removed> {
         let upper = self.upper_layer.join(name);
-        let Ok(meta) = fs::symlink_metadata(&upper) else {
+        let layers = Layers::new(&self.upper_layer, &self.lower_real);
+        let at = layers.locate(&name.to_string_lossy());
+        if !at.in_upper() {
             return Ok(Removed::default());
-        };
-        let whiteout = meta.file_type().is_char_device();
-        if whiteout || fs::symlink_metadata(self.lower_real.join(name)).is_ok() {
+        }
+        if matches!(at, Location::Both | Location::Hidden) {
             self.note_bypass()?;
             // Out of the way in one step, then removed: an upper directory is often
             // opaque, so a half-removed one would hide the rest of the lower copy.
@@ -77,7 +78,7 @@ impl OverlayRemover {
             };
             let bytes = remove_tree_counting(&target)?;
             let mut bypassed = false;
-            if fs::symlink_metadata(self.upper_layer.join(name)).map(|m| m.file_type().is_char_device()).unwrap_or(false) {
+            if layers.locate(&name.to_string_lossy()) == Location::Hidden {
                 // The lower store got the name after all: drop the whiteout, remount.
                 self.note_bypass()?;
                 fs::remove_file(self.upper_layer.join(name))?;
@@ -158,16 +159,14 @@ impl OverlayStore {
         let state = self.upper.config().state.clone();
         let _gc = crate::store::gc::GcLock::acquire(&state, notice)?;
         let remover = self.remover();
+        let layers = self.layers();
         let mut report = OptimiseReport::default();
         for info in self.upper.db().all_infos()? {
             let name = info.path.basename().to_string();
-            if fs::symlink_metadata(self.upper_layer.join(&name)).is_err() {
+            if layers.locate(&name) != Location::Both {
                 continue;
             }
             let Some(lower) = self.lower.path_info(&info.path)? else { continue };
-            if fs::symlink_metadata(self.plan.lowerdir.join(&name)).is_err() {
-                continue;
-            }
             if lower.nar_hash != info.nar_hash {
                 notice(&format!(
                     "warning: keeping the upper copy of '{}': the lower store's copy has different contents",
@@ -225,7 +224,8 @@ impl GcTarget for OverlayStore {
         self.policy.gc_roots(self)
     }
     fn choose(&self, dead: Vec<crate::store::gc::DeadPath>) -> Result<crate::store::gc::GcChoice> {
-        let in_lower: Vec<bool> = dead.iter().map(|d| fs::symlink_metadata(self.plan.lowerdir.join(d.path.basename())).is_ok()).collect();
+        let layers = self.layers();
+        let in_lower: Vec<bool> = dead.iter().map(|d| layers.lower_has(d.path.basename())).collect();
         self.policy.gc(self, dead, &in_lower)
     }
     fn garbage_dir(&self) -> PathBuf {

@@ -13,6 +13,7 @@
 
 pub mod copy_up;
 pub mod delete;
+pub mod layers;
 pub mod mount;
 pub mod mountinfo;
 pub mod pivot;
@@ -228,6 +229,11 @@ impl OverlayStore {
         &self.upper_layer
     }
 
+    /// The two directories, to ask which layer holds a path.
+    pub fn layers(&self) -> layers::Layers {
+        layers::Layers::new(&self.upper_layer, &self.plan.lowerdir)
+    }
+
     /// Where a path's files are in the upper layer itself (not through the mount).
     pub fn upper_layer_path(&self, path: &StorePath) -> PathBuf {
         self.upper_layer.join(path.basename())
@@ -380,7 +386,7 @@ impl IngestTarget for OverlayStore {
     /// Leftovers in the upper layer go through the mount; a lower entry the lower store
     /// does not register is left alone (removing it through the mount would whiteout it).
     fn remove_debris(&self, path: &StorePath) -> Result<()> {
-        if fs::symlink_metadata(self.plan.lowerdir.join(path.basename())).is_ok() {
+        if self.layers().lower_has(path.basename()) {
             return Err(StoreError::Other(format!(
                 "'{}' exists in the lower store's directory but the lower store does not register it; \
                  refusing to hide it (register or remove it in the lower store first)",

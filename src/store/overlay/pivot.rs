@@ -21,6 +21,7 @@ use crate::store::fs::tree::{self, remove as remove_tree, remove as remove_tree_
 use crate::store::gc::{Collector, GcAction, GcLock, GcOptions, GcTarget};
 use crate::store::local::lock::{FileLock, LockKind};
 use crate::store::local::{LocalConfig, LocalStore, Registration};
+use crate::store::overlay::layers::Layers;
 use crate::store::overlay::{copy_up, mount_plan, open_lower, MountPlan, OverlayStore};
 use crate::store::{io_err, Result, Store, StoreError};
 
@@ -105,12 +106,13 @@ impl OverlayStore {
         let mut plan =
             PivotPlan { old_lowerdir: self.plan.lowerdir.clone(), new_lowerdir: new_plan.lowerdir.clone(), ..Default::default() };
         let mut affected = Vec::new();
+        let (layers, new_layers) = (self.layers(), Layers::new(&self.upper_layer, &new_plan.lowerdir));
         for info in &infos {
             let name = info.path.basename();
-            if fs::symlink_metadata(self.upper_layer.join(name)).is_ok() {
+            if layers.upper_has(name) {
                 continue;
             }
-            let in_new = new_lower.path_info(&info.path)?.is_some() && fs::symlink_metadata(new_plan.lowerdir.join(name)).is_ok();
+            let in_new = new_lower.path_info(&info.path)?.is_some() && new_layers.lower_has(name);
             if in_new {
                 plan.refreshed.push(info.path.clone());
             } else {

@@ -47,10 +47,11 @@ impl OverlayStore {
         let mut st = OverlayStats::default();
         let infos = self.upper.db().all_infos()?;
         let mut has_upper: HashSet<String> = HashSet::new();
+        let layers = self.layers();
         for info in &infos {
             let name = info.path.basename();
-            let up = fs::symlink_metadata(self.upper_layer.join(name)).is_ok();
-            let low = fs::symlink_metadata(self.plan.lowerdir.join(name)).is_ok();
+            let at = layers.locate(name);
+            let (up, low) = (at.in_upper(), layers.lower_has(name));
             if up {
                 has_upper.insert(name.to_string());
             }
