@@ -82,6 +82,7 @@
 mod draft;
 mod error;
 mod file;
+mod toml_tree;
 mod uri;
 mod util;
 
