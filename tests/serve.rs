@@ -435,6 +435,14 @@ fn untrusted_users_get_nix_s_limits() {
             let h = nix(&sc, "nix-hash", &["--type", "sha256", &file], None).ok().out();
             h.trim().to_string()
         };
+        let hash32 = nix(&sc, "nix-hash", &["--type", "sha256", "--base32", &file], None).ok().out().trim().to_string();
+        let other = write(&base.join("in/other"), "not what the address says\n");
+        let other_nar = nix(&sc, "nix-store", &["--dump", &other], None).ok().stdout;
+        let other16 = nix(&sc, "nix-hash", &["--type", "sha256", &other], None).ok().out().trim().to_string();
+        // A NAR of a symlink to /dev/zero, uploaded as a `.drv` (registering a .drv reads it).
+        let zero = base.join("in/zero.drv");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let zero_nar = nix(&sc, "nix-store", &["--dump", zero.to_str().unwrap()], None).ok().stdout;
         let (top2, ca2) = (top.clone(), ca_path.clone());
         let outcome = as_nobody(&served.socket, move |mut c| {
             c.handshake().expect("nobody is an allowed user");
@@ -489,6 +497,30 @@ fn untrusted_users_get_nix_s_limits() {
             }
             c.read_str();
             assert_eq!(added, ca2);
+            // A content address that is not the content's: refused (Nix's "ca hash
+            // mismatch"), whoever asks.
+            c.u64(39);
+            c.str(ca2.as_bytes());
+            c.str(b"");
+            c.str(other16.as_bytes());
+            c.strs(&[]);
+            c.u64(0);
+            c.u64(other_nar.len() as u64);
+            c.u64(0);
+            c.strs(&[]);
+            c.str(format!("fixed:r:sha256:{hash32}").as_bytes());
+            c.u64(0);
+            c.u64(0);
+            c.framed(&other_nar);
+            let forged = c.result().unwrap_err();
+            // A `.drv` that is a symlink to /dev/zero: an error, not a read of it.
+            c.u64(7);
+            c.str(b"zero.drv");
+            c.str(b"fixed:r:sha256");
+            c.strs(&[]);
+            c.u64(0);
+            c.framed(&zero_nar);
+            let zero_drv = c.result().unwrap_err();
             // Roots: other processes' temp roots are censored.
             c.u64(11);
             c.str(top2.as_bytes());
@@ -498,9 +530,11 @@ fn untrusted_users_get_nix_s_limits() {
             c.result().unwrap();
             let n = c.read_u64();
             let links: Vec<String> = (0..n).map(|_| (c.read_str(), c.read_str()).0).collect();
-            (gc, upload, links)
+            (gc, upload, links, forged, zero_drv)
         });
-        let (gc, upload, links) = outcome;
+        let (gc, upload, links, forged, zero_drv) = outcome;
+        assert!(forged.contains("ca hash mismatch"), "{forged}");
+        assert!(zero_drv.contains("is not a regular file"), "{zero_drv}");
         assert!(gc.contains("not privileged to delete"), "{gc}");
         assert!(upload.contains("lacks a signature by a trusted key"), "{upload}");
         assert!(links.iter().all(|l| !l.starts_with("{temp:")), "{links:?}");

@@ -342,6 +342,10 @@ fn pivot_to_a_newer_lower_store() {
             assert!(journal.exists(), "killed at {point}, the journal stays for recovery");
         };
         pivot_killed_at(&cfg_a, &cfg_b, "pivot-swapped");
+        // Opened with the new spec, the uncommitted pivot is undone too, and says so.
+        let r = ours(&cfg_b, &["verify"]);
+        assert_ne!(r.code, 0, "the database still describes the old lower store");
+        assert!(r.stderr.contains("has been undone"), "{}", r.stderr);
         let v = ours(&cfg_a, &["verify", "--check-contents"]);
         assert_eq!(v.code, 0, "undone after a kill at pivot-swapped: {}", v.stderr);
         ours(&cfg_a, &["check-mount"]).ok();

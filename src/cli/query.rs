@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args};
 use overlay_store::format::StorePath;
 use overlay_store::spec::StoreSpec;
 use overlay_store::store::local::roots::RootFinder;
-use overlay_store::store::{topo_sort, PathInfo, Store, StoreError};
+use overlay_store::store::{PathInfo, Store, StoreError};
 
 use super::{out_err, paths, stdout, CliResult};
 
@@ -56,11 +56,7 @@ fn info_of(store: &dyn Store, p: &StorePath) -> CliResult<PathInfo> {
 /// A set in the order `nix-store -q` prints its lists: dependencies first, over the
 /// references inside the set ([`topo_sort`]).
 fn nix_order(store: &dyn Store, set: BTreeSet<StorePath>) -> CliResult<Vec<StorePath>> {
-    let mut infos = Vec::with_capacity(set.len());
-    for p in &set {
-        infos.push(info_of(store, p)?);
-    }
-    Ok(topo_sort(infos)?.into_iter().map(|i| i.path).collect())
+    Ok(store.in_nix_order(&set)?)
 }
 
 /// Closure under referrers, breadth first.

@@ -9,10 +9,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use super::connection::Conn;
+use super::protocol::{read_map_count, read_string_list};
 use super::trust::Trust;
 use crate::format::StorePath;
 use crate::spec::StoreKind;
-use crate::store::daemon::wire::{self, read_count, read_string, read_strings, read_u64, write_string, write_u64};
+use crate::store::daemon::wire::{self, read_string, read_u64, write_string, write_u64};
 use crate::store::{Opened, Store};
 
 /// What a client asked to have built or present: `drv!out1,out2`, `drv!*`, or a path.
@@ -263,8 +264,17 @@ fn run_builder(conn: &mut Conn, target: &str) -> Result<(), String> {
     })?;
     let stderr = child.stderr.take().expect("piped");
     let mut last_lines: Vec<String> = Vec::new();
-    for line in BufReader::new(stderr).lines() {
-        let Ok(line) = line else { break };
+    let mut stderr = BufReader::new(stderr);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        // Bytes, not lines of UTF-8: a build log may hold anything, and stopping early
+        // would close the pipe on the builder.
+        match stderr.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(raw.strip_suffix(b"\n").unwrap_or(&raw)).into_owned();
         // Forwarded as it comes, so the client sees the build log live.
         let _ = conn.log(&line);
         last_lines.push(line);
@@ -306,17 +316,17 @@ fn check_outputs(conn: &mut Conn, drv: &StorePath, wanted: &[String]) -> Result<
 pub(super) fn build_derivation(conn: &mut Conn) -> Result<Outcome, super::connection::Failure> {
     let drv = conn.read_path()?;
     // The inline derivation: outputs, inputs, platform, builder, args, env.
-    let n = read_count(&mut conn.r)?;
+    let n = read_map_count(&mut conn.r)?;
     for _ in 0..n {
         for _ in 0..4 {
             read_string(&mut conn.r)?; // name, path, hash algo, hash
         }
     }
-    read_strings(&mut conn.r)?; // input sources
+    read_string_list(&mut conn.r)?; // input sources
     read_string(&mut conn.r)?; // platform
     read_string(&mut conn.r)?; // builder
-    read_strings(&mut conn.r)?; // args
-    let n = read_count(&mut conn.r)?;
+    read_string_list(&mut conn.r)?; // args
+    let n = read_map_count(&mut conn.r)?;
     for _ in 0..n {
         read_string(&mut conn.r)?;
         read_string(&mut conn.r)?;

@@ -15,7 +15,7 @@ use super::trust::{self, Peer, Trust};
 use crate::format::hash::{Hash, HashAlgo};
 use crate::format::{ContentAddress, DrvOutput, Realisation, StoreDir, StorePath};
 use crate::spec::{StoreKind, StoreSpec};
-use crate::store::daemon::wire::{self, read_bool, read_count, read_string, read_strings, read_u64, write_string, write_u64, WireError};
+use crate::store::daemon::wire::{self, read_bool, read_string, read_u64, write_string, write_u64, WireError};
 use crate::store::local::ingest::{self, NarUpload};
 use crate::store::{Opened, PathInfo, StoreError};
 
@@ -191,7 +191,7 @@ impl Conn<'_> {
     }
 
     pub(super) fn read_paths(&mut self) -> OpResult<Vec<StorePath>> {
-        let items = read_strings(&mut self.r)?;
+        let items = read_string_list(&mut self.r)?;
         items.iter().map(|s| self.parse_path(s).map_err(Failure::Wire)).collect()
     }
 
@@ -240,7 +240,7 @@ impl Conn<'_> {
         let registration_time = read_u64(&mut self.r)? as i64;
         let nar_size = read_u64(&mut self.r)?;
         let ultimate = read_bool(&mut self.r)?;
-        let sigs: BTreeSet<String> = read_strings(&mut self.r)?.into_iter().collect();
+        let sigs: BTreeSet<String> = read_string_list(&mut self.r)?.into_iter().collect();
         let ca = read_string(&mut self.r)?;
         let ca = if ca.is_empty() {
             None
@@ -353,7 +353,7 @@ impl Conn<'_> {
                 if self.minor < 22 {
                     self.read_paths()?;
                 } else {
-                    let n = read_count(&mut self.r)?;
+                    let n = read_map_count(&mut self.r)?;
                     for _ in 0..n {
                         self.read_path()?;
                         read_string(&mut self.r)?;
@@ -363,7 +363,7 @@ impl Conn<'_> {
                 write_u64(&mut self.w, 0)?;
             }
             op::QUERY_MISSING => {
-                let targets = read_strings(&mut self.r)?;
+                let targets = read_string_list(&mut self.r)?;
                 let missing = super::build::query_missing(self, &targets)?;
                 self.last()?;
                 self.write_path_set(&missing.will_build)?;
@@ -397,8 +397,10 @@ impl Conn<'_> {
                 if self.trust != Trust::Trusted {
                     // Other users' processes are nobody else's business, as with nix-daemon.
                     for links in roots.values_mut() {
-                        let censored = links.iter().any(|l| l.starts_with('{'));
-                        links.retain(|l| !l.starts_with('{'));
+                        // Temporary roots (`{temp:PID}`) and runtime roots (`/proc/PID/…`).
+                        let private = |l: &String| l.starts_with('{') || l.starts_with("/proc/");
+                        let censored = links.iter().any(private);
+                        links.retain(|l| !private(l));
                         if censored {
                             links.insert("{censored}".into());
                         }
@@ -448,7 +450,10 @@ impl Conn<'_> {
                 write_string(&mut self.w, &shown)?;
             }
             op::ADD_TO_STORE_NAR => {
-                let info = self.read_info()?;
+                let mut info = self.read_info()?;
+                if self.trust != Trust::Trusted {
+                    info.ultimate = false;
+                }
                 let _repair = read_bool(&mut self.r)?;
                 let _dont_check_sigs = read_bool(&mut self.r)?;
                 if self.minor < 23 {
@@ -461,9 +466,9 @@ impl Conn<'_> {
                 }
                 let mut framed = FramedReader::new(&mut self.r);
                 let result = ingest::add_nars(self.store.ingest(), vec![NarUpload { info }], &mut framed);
-                let drained = framed.drain();
+                // A broken stream ends the connection (whatever the store said): check it first.
+                framed.drain()?;
                 result?;
-                drained?;
                 self.last()?;
             }
             op::ADD_MULTIPLE_TO_STORE => {
@@ -473,7 +478,7 @@ impl Conn<'_> {
                 self.last()?;
             }
             op::BUILD_PATHS => {
-                let targets = read_strings(&mut self.r)?;
+                let targets = read_string_list(&mut self.r)?;
                 if self.minor >= 15 {
                     read_u64(&mut self.r)?; // build mode: normal builds only
                 }
@@ -485,7 +490,7 @@ impl Conn<'_> {
                 write_u64(&mut self.w, 1)?;
             }
             op::BUILD_PATHS_WITH_RESULTS => {
-                let targets = read_strings(&mut self.r)?;
+                let targets = read_string_list(&mut self.r)?;
                 read_u64(&mut self.r)?; // build mode
                 let results = super::build::build(self, &targets)?;
                 self.last()?;
@@ -526,7 +531,7 @@ impl Conn<'_> {
             }
             op::ADD_SIGNATURES => {
                 let p = self.read_path()?;
-                let sigs = read_strings(&mut self.r)?;
+                let sigs = read_string_list(&mut self.r)?;
                 self.require_trusted("add signatures")?;
                 if !self.store.store().is_valid(&p)? {
                     return Err(Failure::Op(format!("path '{}' is not valid", hl(&self.store_dir().display(&p)))));

@@ -8,7 +8,7 @@ use super::protocol::*;
 use super::trust::Trust;
 use crate::format::hash::{Hash, HashAlgo};
 use crate::format::StorePath;
-use crate::store::daemon::wire::{self, read_bool, read_count, read_string, read_u64, write_string, write_u64, WireError};
+use crate::store::daemon::wire::{self, read_bool, read_string, read_u64, write_string, write_u64, WireError};
 use crate::store::gc::{Collector, GcAction, GcOptions};
 use crate::store::local::ingest;
 use crate::store::PathInfo;
@@ -25,7 +25,7 @@ impl Conn<'_> {
         let known = self.store.store().derivation_outputs(drv)?;
         let mut all: BTreeMap<String, Option<StorePath>> = known.into_iter().map(|(k, v)| (k, Some(v))).collect();
         // Outputs a .drv declares without a known path (floating CA) are listed empty.
-        if let Ok(text) = std::fs::read(self.store.store().real_path(drv)) {
+        if let Ok(text) = crate::store::fs::tree::read_small_file(&self.store.store().real_path(drv), crate::store::local::MAX_DRV_SIZE) {
             if let Ok(outputs) = crate::format::derivation::parse_outputs(&text) {
                 for o in outputs {
                     all.entry(o.name).or_insert(None);
@@ -50,7 +50,7 @@ impl Conn<'_> {
         let _build_cores = read_u64(r)?;
         let _use_substitutes = read_u64(r)?;
         if self.minor >= 12 {
-            let n = read_count(r)?;
+            let n = read_map_count(r)?;
             for _ in 0..n {
                 let name = read_string(r)?;
                 let _value = read_string(r)?;
@@ -195,7 +195,7 @@ impl Conn<'_> {
     /// its NAR. All of them are registered in one transaction, or none.
     pub(super) fn add_multiple(&mut self) -> OpResult {
         let mut framed = FramedReader::new(&mut self.r);
-        let n = read_count(&mut framed)?;
+        let n = read_map_count(&mut framed)?;
         let mut uploads = Vec::new();
         let result = (|| -> OpResult<()> {
             // Infos interleave with NARs, so each NAR is read (restored) as its info arrives.
@@ -204,7 +204,10 @@ impl Conn<'_> {
             let sd = store.store().store_dir().clone();
             let mut staged = ingest::Staging::new(store.ingest());
             for _ in 0..n {
-                let info = read_info_from(&mut framed, &sd)?;
+                let mut info = read_info_from(&mut framed, &sd)?;
+                if trust != Trust::Trusted {
+                    info.ultimate = false;
+                }
                 if trust != Trust::Trusted {
                     if !proves_itself(&sd, &info) {
                         return Err(Failure::Op(format!(
@@ -219,9 +222,9 @@ impl Conn<'_> {
             staged.commit()?;
             Ok(())
         })();
-        let drained = framed.drain();
+        // A broken stream ends the connection (whatever the store said): check it first.
+        framed.drain()?;
         result?;
-        drained?;
         Ok(())
     }
 }

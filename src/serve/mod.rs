@@ -112,24 +112,43 @@ impl Server {
                 }
             };
             let _ = stream.set_nonblocking(false);
-            let Ok(handle) = stream.try_clone() else { continue };
-            let over_limit = active.load(Ordering::SeqCst) as u64 >= self.spec.serve.max_connections;
-            let (spec, count) = (self.spec.clone(), active.clone());
-            count.fetch_add(1, Ordering::SeqCst);
-            let Ok(own) = stream.try_clone() else { continue };
-            let thread = std::thread::spawn(move || {
+            let (Ok(handle), Ok(own)) = (stream.try_clone(), stream.try_clone()) else {
+                tracing::warn!("turning a connection away: cannot duplicate its socket (out of file descriptors?)");
+                continue;
+            };
+            let now = active.load(Ordering::SeqCst) as u64;
+            let over_limit = now >= self.spec.serve.max_connections;
+            // A few over the limit are told why (in a thread, with the handshake's
+            // timeout); past that a flood is cut off at once, threadless.
+            if now >= self.spec.serve.max_connections + OVER_LIMIT_REPLIES {
+                let _ = handle.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
+            let spec = self.spec.clone();
+            // Counted while its thread runs, however the thread ends (a panic included).
+            let slot = Slot::take(&active);
+            let spawned = std::thread::Builder::new().name("serve-connection".into()).spawn(move || {
+                let _slot = slot;
                 connection::serve(stream, &spec, over_limit);
                 // The server keeps a handle to every connection (to close it at stop):
                 // hang up explicitly, so the client sees the end now.
                 let _ = own.shutdown(std::net::Shutdown::Both);
-                count.fetch_sub(1, Ordering::SeqCst);
             });
-            let mut list = clients.lock().expect("clients");
+            let thread = match spawned {
+                Ok(t) => t,
+                Err(e) => {
+                    // The slot went back when the closure was dropped unrun.
+                    tracing::warn!("turning a connection away: cannot start a thread for it: {e}");
+                    let _ = handle.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+            };
+            let mut list = clients.lock().unwrap_or_else(|p| p.into_inner());
             list.retain(|(_, t)| !t.is_finished());
             list.push((handle, thread));
         }
         tracing::info!("stopping: closing {} connection(s)", active.load(Ordering::SeqCst));
-        let list = std::mem::take(&mut *clients.lock().expect("clients"));
+        let list = std::mem::take(&mut *clients.lock().unwrap_or_else(|p| p.into_inner()));
         for (conn, _) in &list {
             let _ = conn.shutdown(std::net::Shutdown::Read);
         }
@@ -140,6 +159,25 @@ impl Server {
             let _ = std::fs::remove_file(&self.socket);
         }
         Ok(())
+    }
+}
+
+/// Connections past `max-connections` that still get a refusal message.
+const OVER_LIMIT_REPLIES: u64 = 16;
+
+/// One counted connection: taken when it is accepted, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>) -> Slot {
+        count.fetch_add(1, Ordering::SeqCst);
+        Slot(count.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

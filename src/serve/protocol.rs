@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 
 use crate::format::hash::{Hash, HashAlgo};
 use crate::format::{ContentAddress, StoreDir, StorePath};
-use crate::store::daemon::wire::{self, read_bool, read_string, read_strings, read_u64, write_string, write_u64, WireError};
+use crate::store::daemon::wire::{self, read_bool, read_string, read_u64, write_string, write_u64, WireError};
 use crate::store::PathInfo;
 
 pub(super) const WORKER_MAGIC_1: u64 = 0x6e69_7863;
@@ -60,13 +60,13 @@ pub(super) fn read_info_from(r: &mut impl Read, sd: &StoreDir) -> Result<PathInf
     let nar_hash =
         Hash::parse_digest(HashAlgo::Sha256, hash.strip_prefix("sha256:").unwrap_or(&hash)).map_err(|e| bad(format!("NAR hash: {e}")))?;
     let mut references = BTreeSet::new();
-    for s in read_strings(r)? {
+    for s in read_string_list(r)? {
         references.insert(sd.parse_path(&s).map_err(|e| bad(e.to_string()))?);
     }
     let registration_time = read_u64(r)? as i64;
     let nar_size = read_u64(r)?;
     let ultimate = read_bool(r)?;
-    let sigs: BTreeSet<String> = read_strings(r)?.into_iter().collect();
+    let sigs: BTreeSet<String> = read_string_list(r)?.into_iter().collect();
     let ca = read_string(r)?;
     let ca = if ca.is_empty() { None } else { Some(ContentAddress::parse(&ca).map_err(|e| bad(e.to_string()))?) };
     Ok(PathInfo { path, deriver, nar_hash, references, registration_time, nar_size, ultimate, sigs, ca })
@@ -177,4 +177,38 @@ pub(super) mod op {
     pub const QUERY_REALISATION: u64 = 43;
     pub const ADD_MULTIPLE_TO_STORE: u64 = 44;
     pub const BUILD_PATHS_WITH_RESULTS: u64 = 46;
+}
+
+/// Most items, and most bytes in all, of one list of strings in a request: a client
+/// cannot make the server hold more than this for it (nix-daemon forks per connection;
+/// we do not, so one connection's memory is everyone's).
+pub(super) const MAX_LIST_ITEMS: u64 = 1 << 20;
+pub(super) const MAX_LIST_BYTES: u64 = 64 << 20;
+
+/// A list of strings from a client, within [`MAX_LIST_ITEMS`] and [`MAX_LIST_BYTES`].
+pub(super) fn read_string_list(r: &mut impl Read) -> Result<Vec<String>, WireError> {
+    let n = read_u64(r)?;
+    if n > MAX_LIST_ITEMS {
+        return Err(WireError::Malformed(format!("a list of {n} items (at most {MAX_LIST_ITEMS})")));
+    }
+    let mut total = 0u64;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let s = read_string(r)?;
+        total += s.len() as u64;
+        if total > MAX_LIST_BYTES {
+            return Err(WireError::Malformed(format!("a list of more than {MAX_LIST_BYTES} bytes")));
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// A count of pairs (a map) from a client, within [`MAX_LIST_ITEMS`].
+pub(super) fn read_map_count(r: &mut impl Read) -> Result<u64, WireError> {
+    let n = read_u64(r)?;
+    if n > MAX_LIST_ITEMS {
+        return Err(WireError::Malformed(format!("a map of {n} entries (at most {MAX_LIST_ITEMS})")));
+    }
+    Ok(n)
 }

@@ -113,6 +113,22 @@ pub trait Store {
     fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>>;
     /// Every path the store's database registers.
     fn all_paths(&self) -> Result<Vec<StorePath>>;
+    /// The references of each of `paths`, in order (a path that is not valid has none).
+    /// Stores that can read them in one pass override this.
+    fn references_of(&self, paths: &[StorePath]) -> Result<Vec<BTreeSet<StorePath>>> {
+        paths.iter().map(|p| Ok(self.path_info(p)?.map(|i| i.references).unwrap_or_default())).collect()
+    }
+    /// A set of valid paths in the order `nix-store -q` prints lists: dependencies first,
+    /// over the references inside the set.
+    fn in_nix_order(&self, set: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
+        let paths: Vec<StorePath> = set.iter().cloned().collect();
+        let index: std::collections::HashMap<&StorePath, u32> = paths.iter().enumerate().map(|(i, p)| (p, i as u32)).collect();
+        let edges: Vec<Vec<u32>> =
+            self.references_of(&paths)?.iter().map(|refs| refs.iter().filter_map(|r| index.get(r).copied()).collect()).collect();
+        drop(index);
+        let order = topo::topo_order(&paths, &edges).map_err(|i| StoreError::Cycle(paths[i as usize].to_string()))?;
+        Ok(order.into_iter().map(|i| paths[i as usize].clone()).collect())
+    }
     /// The closure of `roots`, dependencies first (`query --requisites`).
     fn requisites(&self, roots: &[StorePath]) -> Result<Vec<StorePath>> {
         Ok(topo_sort(self.closure(roots)?)?.into_iter().map(|i| i.path).collect())

@@ -234,6 +234,39 @@ impl NarVisitor for Restorer {
     }
 }
 
+/// Reads a regular file of at most `max` bytes, refusing a symlink, FIFO or device
+/// there (a `.drv` in the store is only ever a small regular file).
+pub fn read_small_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let (parent, name) = parent_of(path)?;
+    let (file, meta) = parent.open_file(&name)?;
+    if meta.size > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("'{}' is {} bytes, more than {max} expected", path.display(), meta.size),
+        ));
+    }
+    let mut out = Vec::with_capacity(meta.size as usize);
+    file.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("'{}' grew past {max} bytes while being read", path.display())));
+    }
+    Ok(out)
+}
+
+/// The content-address hash of a restored object: its NAR's hash (recursive) or its
+/// single file's contents' hash (flat, text), with `algo`.
+pub fn content_hash(path: &Path, recursive: bool, algo: crate::format::hash::HashAlgo) -> io::Result<crate::format::hash::Hash> {
+    use crate::format::hash::HashSink;
+    if recursive {
+        return Ok(dump(path, HashSink::new(algo))?.finish().0);
+    }
+    let (parent, name) = parent_of(path)?;
+    let (mut file, _) = parent.open_file(&name)?;
+    let mut sink = HashSink::new(algo);
+    io::copy(&mut file, &mut sink)?;
+    Ok(sink.finish().0)
+}
+
 /// Removes `path` whatever its modes, never following a symlink, and returns what Nix
 /// counts as freed: the sizes of non-directories with at most two links. A missing
 /// `path` frees nothing.

@@ -199,6 +199,9 @@ impl<'t> Staging<'t> {
                 info.nar_size
             )));
         }
+        if let Some(ca) = &info.ca {
+            check_content_address(&sd, &info, ca, tmp.0.as_deref().expect("set"))?;
+        }
         self.target.local().add_temp_root(&info.path)?;
         self.staged.push((info, tmp));
         Ok(())
@@ -236,6 +239,28 @@ impl<'t> Staging<'t> {
         drop(locks);
         Ok(())
     }
+}
+
+/// A claimed content address must be the content's: its hash recomputed from the
+/// restored object, and the path the one that address names ("ca hash mismatch" in Nix).
+fn check_content_address(sd: &crate::format::StoreDir, info: &PathInfo, ca: &ContentAddress, restored: &Path) -> Result<()> {
+    let (recursive, claimed) = match ca {
+        ContentAddress::Text(h) => (false, h),
+        ContentAddress::Fixed(m, h) => (*m == FileIngestion::Recursive, h),
+    };
+    let got = tree::content_hash(restored, recursive, claimed.algo()).map_err(io_err(restored))?;
+    let others: BTreeSet<StorePath> = info.references.iter().filter(|r| **r != info.path).cloned().collect();
+    let self_ref = info.references.contains(&info.path);
+    let named = sd.make_path_from_ca(info.path.name(), ca, &others, self_ref)?;
+    if got != *claimed || named != info.path {
+        return Err(StoreError::Other(format!(
+            "ca hash mismatch importing path '{}';\n  specified: {}\n  got:       {}",
+            sd.display(&info.path),
+            claimed.to_nix32_string(),
+            got.to_nix32_string()
+        )));
+    }
+    Ok(())
 }
 
 /// One path of a NAR upload (`AddToStoreNar`): its claimed info; the NAR follows.

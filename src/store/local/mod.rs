@@ -132,6 +132,9 @@ fn read_schema_version(path: &Path) -> Result<Option<u32>> {
     }
 }
 
+/// The largest `.drv` file read (real ones are kilobytes).
+pub const MAX_DRV_SIZE: u64 = 16 << 20;
+
 impl LocalStore {
     /// Opens a store, creating its layout first unless it is read-only.
     pub fn open(config: LocalConfig) -> Result<LocalStore> {
@@ -225,11 +228,13 @@ impl LocalStore {
     }
 
     /// The `DerivationOutputs` rows of a `.drv` whose file is at `file`.
+    /// (A `.drv` whose file is a symlink, a FIFO or huge is an error, not a read that
+    /// follows it, blocks or fills memory: uploads come from untrusted clients too.)
     pub fn read_drv_outputs(&self, path: &StorePath, file: &Path) -> Result<Vec<(String, StorePath)>> {
         if !path.is_derivation() {
             return Ok(Vec::new());
         }
-        let text = fs::read(file).map_err(io_err(file))?;
+        let text = crate::store::fs::tree::read_small_file(file, MAX_DRV_SIZE).map_err(io_err(file))?;
         let outs = derivation::parse_outputs(&text)
             .map_err(|e| StoreError::Derivation { path: self.config.store_dir.display(path), what: e.to_string() })?;
         outs.into_iter().filter(|o| !o.path.is_empty()).map(|o| Ok((o.name, self.config.store_dir.parse_path(&o.path)?))).collect()
@@ -343,6 +348,10 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
 impl Store for LocalStore {
     fn store_dir(&self) -> &StoreDir {
         &self.config.store_dir
+    }
+
+    fn references_of(&self, paths: &[StorePath]) -> Result<Vec<std::collections::BTreeSet<StorePath>>> {
+        self.db.references_of_paths(paths)
     }
 
     fn real_path(&self, path: &StorePath) -> PathBuf {

@@ -116,6 +116,13 @@ impl RootsFile {
                     let _ = fs::remove_file(&path);
                     continue;
                 }
+                // Locked, but no longer the file at that name (an earlier owner in this
+                // process removed it meanwhile): roots written to it would be seen by no GC.
+                use std::os::unix::fs::MetadataExt;
+                let (held, named) = (lock.file().metadata()?, fs::symlink_metadata(&path));
+                if !named.is_ok_and(|n| n.dev() == held.dev() && n.ino() == held.ino()) {
+                    continue;
+                }
                 self.file = Some(lock);
                 break;
             }
@@ -127,7 +134,6 @@ impl RootsFile {
     fn add(&mut self, path: &StorePath) -> io::Result<String> {
         self.open_file()?;
         let full = self.store_dir.display(path);
-        *self.held.entry(full.clone()).or_default() += 1;
         if self.gc_lock.is_none() {
             let p = gc_lock_path(&self.state);
             self.gc_lock = Some(crate::store::local::lock::open_lock_file(&p, true)?);
@@ -174,7 +180,10 @@ impl RootsFile {
         if locked {
             unlock(gc_lock)?;
         }
-        written.map(|_| full)
+        written?;
+        // Counted once it is in the file, so a failed add leaves nothing to release.
+        *self.held.entry(full.clone()).or_default() += 1;
+        Ok(full)
     }
 
     /// Drops a handle's roots; those nobody holds any more leave the file, which is
@@ -195,7 +204,12 @@ impl RootsFile {
             Some(l) => l,
             None => return Ok(()),
         };
-        lock_open_file(gc_lock, LockKind::Shared, true)?;
+        // Not while a GC runs (it holds gc.lock, and waiting here would hold up every
+        // other connection's roots): the roots no one holds stay until a later release
+        // or the process's exit. A stale root only keeps a path a little longer.
+        if !lock_open_file(gc_lock, LockKind::Shared, false)? {
+            return Ok(());
+        }
         let mut text = String::new();
         for root in self.held.keys() {
             text.push_str(root);

@@ -300,6 +300,21 @@ impl Store for OverlayStore {
         self.upper.real_path(path)
     }
 
+    /// The upper rows' references in one pass, the lower store's for the rest.
+    fn references_of(&self, paths: &[StorePath]) -> Result<Vec<std::collections::BTreeSet<StorePath>>> {
+        let db = self.upper.db();
+        let in_upper = db.valid_flags(&paths.iter().collect::<Vec<_>>())?;
+        let mut out = db.references_of_paths(paths)?;
+        let lower_paths: Vec<StorePath> = paths.iter().zip(&in_upper).filter(|(_, u)| !**u).map(|(p, _)| p.clone()).collect();
+        let mut from_lower = self.lower.references_of(&lower_paths)?.into_iter();
+        for (slot, up) in out.iter_mut().zip(&in_upper) {
+            if !up {
+                *slot = from_lower.next().unwrap_or_default();
+            }
+        }
+        Ok(out)
+    }
+
     fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
         match self.upper.path_info(path)? {
             Some(i) => Ok(Some(i)),

@@ -195,13 +195,28 @@ impl OverlayStore {
         }
         // The journal is locked for the whole pivot, so another process opening the
         // store can tell a pivot in progress from an interrupted one.
+        for dir in [&self.plan.lowerdir, &new_plan.lowerdir] {
+            if dir.to_str().is_none_or(|s| s.contains('\n')) {
+                return Err(StoreError::Other(format!(
+                    "cannot pivot with the lower store directory '{}': the pivot journal needs paths that are UTF-8 without newlines",
+                    dir.display()
+                )));
+            }
+        }
         let journal = journal_path(&state);
         let journal_lock = FileLock::acquire(&journal, LockKind::Exclusive, true).map_err(io_err(&journal))?.expect("blocking");
+        if journal_lock.file().metadata().map_err(io_err(&journal))?.len() != 0 {
+            return Err(StoreError::Other(format!(
+                "the journal of an interrupted pivot is still there ('{}'): open the store with its spec first, which recovers it",
+                journal.display()
+            )));
+        }
         let new_lower_spec = new_spec.lower_store.as_deref().expect("checked by mount_plan");
         let mut record = Journal {
             old_lowerdir: self.plan.lowerdir.clone(),
             new_lowerdir: new_plan.lowerdir.clone(),
             committing: false,
+            aborted: false,
             new_lower_uri: new_lower_spec.to_uri(),
             drops: plan.drops().map(|e| e.path.clone()).collect(),
             refreshed: plan.refreshed.clone(),
@@ -304,6 +319,13 @@ impl OverlayStore {
             }
         };
         if let Err(e) = db_result {
+            // Nothing committed (one transaction); say so durably before undoing, or a
+            // kill while undoing would have recovery roll forward without the copies.
+            if record.committing && append_journal(ABORTED).is_err() {
+                return Err(StoreError::Other(format!(
+                    "pivot failed updating the database (nothing committed): {e}; the journal could not be marked, so it stays for the next open to finish the pivot"
+                )));
+            }
             let _ = new_plan.umount();
             for p in &staged {
                 let _ = remove_tree(&self.upper_layer.join(p.basename()));
@@ -345,7 +367,7 @@ impl OverlayStore {
             return Ok(());
         };
         let (old, new) = (record.old_lowerdir.display(), record.new_lowerdir.display());
-        if record.committing {
+        if record.committing && !record.aborted {
             tracing::warn!("a pivot from '{old}' to '{new}' was interrupted while committing: finishing it");
             let _ = remove_tree(&staging_dir(upper_layer));
             let new_plan = MountPlan { lowerdir: record.new_lowerdir.clone(), ..plan.clone() };
@@ -374,28 +396,41 @@ impl OverlayStore {
             }
             return Ok(());
         }
-        if plan.lowerdir != record.old_lowerdir {
-            tracing::warn!(
-                "a pivot from '{old}' to '{new}' was interrupted; this spec names another lower store, so it is left as it is (re-run the pivot)"
-            );
-            return Ok(());
+        // Not committed: the database still describes the old lower store, so the old
+        // mount goes back, whichever spec is opening.
+        if plan.lowerdir != record.old_lowerdir && plan.lowerdir != record.new_lowerdir {
+            return Err(StoreError::Other(format!(
+                "a pivot from '{old}' to '{new}' was interrupted before it committed, and this spec names a third lower store \
+                 ('{}'): open the store with the spec naming '{old}' to undo it",
+                plan.lowerdir.display()
+            )));
         }
         tracing::warn!("a pivot from '{old}' to '{new}' was interrupted before it committed: restoring the old mount");
         let _ = remove_tree(&staging_dir(upper_layer));
-        if let crate::store::overlay::MountState::Wrong { .. } = plan.state()? {
+        let old_plan = MountPlan { lowerdir: record.old_lowerdir.clone(), ..plan.clone() };
+        if let crate::store::overlay::MountState::Wrong { .. } = old_plan.state()? {
             let wrong = MountPlan { lowerdir: record.new_lowerdir.clone(), ..plan.clone() };
             wrong.umount()?;
         }
-        if plan.workdir.is_some() && plan.state()? != crate::store::overlay::MountState::Correct {
-            plan.mount()?;
+        if old_plan.workdir.is_some() && old_plan.state()? != crate::store::overlay::MountState::Correct {
+            old_plan.mount()?;
         }
-        let _ = fs::remove_file(&journal);
+        fs::remove_file(&journal).map_err(io_err(&journal))?;
+        if plan.lowerdir != record.old_lowerdir {
+            return Err(StoreError::Other(format!(
+                "the pivot to '{new}' was interrupted before it committed and has been undone: the overlay is on '{old}' again; \
+                 use the spec naming that lower store, or run the pivot again"
+            )));
+        }
         Ok(())
     }
 }
 
 /// The line appended to the journal once the commit may begin.
 const COMMITTING: &str = "committing\n";
+/// Appended after `committing` when the commit failed (so nothing was committed) and
+/// the pivot is being undone.
+const ABORTED: &str = "aborted\n";
 
 /// `${state}/pivot-in-progress`: the lower store directories and everything the commit
 /// needs to be redone, ended by `end`; then, once the commit may begin, `committing`.
@@ -404,6 +439,7 @@ struct Journal {
     old_lowerdir: PathBuf,
     new_lowerdir: PathBuf,
     committing: bool,
+    aborted: bool,
     new_lower_uri: String,
     drops: Vec<StorePath>,
     refreshed: Vec<StorePath>,
@@ -426,6 +462,9 @@ impl Journal {
         out.push_str("end\n");
         if self.committing {
             out.push_str(COMMITTING);
+        }
+        if self.aborted {
+            out.push_str(ABORTED);
         }
         out
     }
@@ -453,7 +492,8 @@ impl Journal {
         }
         // Only a whole `committing` line counts: one cut short was never acted on.
         let committing = line() == Some("committing");
-        Some(Journal { old_lowerdir, new_lowerdir, committing, new_lower_uri, drops, refreshed })
+        let aborted = committing && line() == Some("aborted");
+        Some(Journal { old_lowerdir, new_lowerdir, committing, aborted, new_lower_uri, drops, refreshed })
     }
 }
 
@@ -518,6 +558,7 @@ mod tests {
             old_lowerdir: "/lower a/ünï".into(),
             new_lowerdir: "/lower b".into(),
             committing: true,
+            aborted: false,
             new_lower_uri: "local?root=/lower%20b".into(),
             drops: vec![path("one"), path("two")],
             refreshed: vec![path("three")],
@@ -529,6 +570,11 @@ mod tests {
         for cut in (0..plan_end).filter(|&c| text.is_char_boundary(c)) {
             assert_eq!(Journal::parse(&text[..cut]), None, "cut at {cut}");
         }
+        // An aborted commit (nothing committed, being undone) is told apart; a cut-off
+        // `aborted` is not one.
+        let aborted = Journal::parse(&format!("{text}aborted\n")).unwrap();
+        assert!(aborted.committing && aborted.aborted);
+        assert!(!Journal::parse(&format!("{text}abor")).unwrap().aborted);
         // Cut within the appended line: not committing yet.
         for cut in plan_end..text.len() {
             assert!(!Journal::parse(&text[..cut]).unwrap().committing, "cut at {cut}");
