@@ -118,14 +118,17 @@ pub trait Store {
     fn references_of(&self, paths: &[StorePath]) -> Result<Vec<BTreeSet<StorePath>>> {
         paths.iter().map(|p| Ok(self.path_info(p)?.map(|i| i.references).unwrap_or_default())).collect()
     }
+    /// The references among `paths` themselves, as indices into `paths`; stores that
+    /// can read them without whole rows override this.
+    fn edges_within(&self, paths: &[StorePath]) -> Result<Vec<Vec<u32>>> {
+        let index: std::collections::HashMap<&StorePath, u32> = paths.iter().enumerate().map(|(i, p)| (p, i as u32)).collect();
+        Ok(self.references_of(paths)?.iter().map(|refs| refs.iter().filter_map(|r| index.get(r).copied()).collect()).collect())
+    }
     /// A set of valid paths in the order `nix-store -q` prints lists: dependencies first,
     /// over the references inside the set.
     fn in_nix_order(&self, set: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
         let paths: Vec<StorePath> = set.iter().cloned().collect();
-        let index: std::collections::HashMap<&StorePath, u32> = paths.iter().enumerate().map(|(i, p)| (p, i as u32)).collect();
-        let edges: Vec<Vec<u32>> =
-            self.references_of(&paths)?.iter().map(|refs| refs.iter().filter_map(|r| index.get(r).copied()).collect()).collect();
-        drop(index);
+        let edges = self.edges_within(&paths)?;
         let order = topo::topo_order(&paths, &edges).map_err(|i| StoreError::Cycle(paths[i as usize].to_string()))?;
         Ok(order.into_iter().map(|i| paths[i as usize].clone()).collect())
     }

@@ -354,6 +354,10 @@ impl Store for LocalStore {
         self.db.references_of_paths(paths)
     }
 
+    fn edges_within(&self, paths: &[StorePath]) -> Result<Vec<Vec<u32>>> {
+        self.db.edges_within(paths)
+    }
+
     fn real_path(&self, path: &StorePath) -> PathBuf {
         self.config.real.join(path.basename())
     }
