@@ -225,6 +225,12 @@ fn nix_build_through_serve_builds_into_the_upper_layer_and_gc_keeps_its_root() {
         }
         ours(&cfg, &["verify", "--check-contents"]).ok();
         ours(&cfg, &["verify-path", &out]).ok();
+        // `nix build` takes the output paths from the build results (BuildPathsWithResults:
+        // realisations named by the derivation's hash modulo, recursively over its inputs).
+        let r = served.nix(&sc, "nix", &["build", "-f", &consumer, "--json", "--no-link"]);
+        assert_eq!(r.code, 0, "nix build: {}", r.stderr);
+        let json: serde_json::Value = serde_json::from_str(&r.out()).unwrap();
+        assert_eq!(json[0]["outputs"]["out"].as_str(), Some(out.as_str()), "{json}");
         // The -o link is an indirect root: GC through serve keeps the output, and
         // collects only upper garbage.
         let junk = served.nix(&sc, "nix-store", &["--add", &write(&base.join("in/junk"), "junk\n")]).ok().out().trim().to_string();

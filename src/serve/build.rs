@@ -13,7 +13,7 @@ use super::protocol::{read_map_count, read_string_list};
 use super::trust::Trust;
 use crate::format::StorePath;
 use crate::spec::StoreKind;
-use crate::store::daemon::wire::{self, read_string, read_u64, write_string, write_u64};
+use crate::store::daemon::wire::{read_string, read_u64, write_string, write_u64};
 use crate::store::{Opened, Store};
 
 /// What a client asked to have built or present: `drv!out1,out2`, `drv!*`, or a path.
@@ -49,6 +49,9 @@ pub(super) struct Outcome {
     pub error: String,
     pub start: u64,
     pub stop: u64,
+    /// `(DrvOutput id, realisation JSON)` of each wanted output, for clients that take
+    /// the output paths from the result (`nix build`).
+    pub built: Vec<(String, String)>,
 }
 
 impl Outcome {
@@ -68,7 +71,11 @@ pub(super) fn write_result(w: &mut impl Write, minor: u64, r: &Outcome) -> std::
         write_u64(w, r.stop)?;
     }
     if minor >= 28 {
-        write_u64(w, 0)?; // builtOutputs: realisations are for ca-derivations, not built here
+        write_u64(w, r.built.len() as u64)?;
+        for (id, json) in &r.built {
+            write_string(w, id)?;
+            write_string(w, json)?;
+        }
     }
     Ok(())
 }
@@ -126,7 +133,7 @@ pub(super) fn build(conn: &mut Conn, targets: &[String]) -> crate::store::Result
     for text in targets {
         let start = now();
         let outcome = match parse_target(conn, text) {
-            Err(e) => Outcome { target: text.clone(), status: Status::MiscFailure, error: e, start, stop: now() },
+            Err(e) => Outcome { target: text.clone(), status: Status::MiscFailure, error: e, start, stop: now(), built: Vec::new() },
             Ok(t) => build_one(conn, &t, start),
         };
         outcomes.push(outcome);
@@ -139,19 +146,29 @@ fn now() -> u64 {
 }
 
 fn build_one(conn: &mut Conn, t: &Target, start: u64) -> Outcome {
-    let fail = |status, error: String| Outcome { target: t.text.clone(), status, error, start, stop: now() };
+    let fail = |status, error: String| Outcome { target: t.text.clone(), status, error, start, stop: now(), built: Vec::new() };
     let sd = conn.store_dir();
     let shown = sd.display(&t.path);
     let Some(wanted) = &t.outputs else {
         // A plain path: there is nothing to build, only to have.
         return match conn.store.store().is_valid(&t.path) {
-            Ok(true) => Outcome { target: t.text.clone(), status: Status::AlreadyValid, error: String::new(), start, stop: now() },
+            Ok(true) => Outcome {
+                target: t.text.clone(),
+                status: Status::AlreadyValid,
+                error: String::new(),
+                start,
+                stop: now(),
+                built: Vec::new(),
+            },
             Ok(false) => fail(Status::MiscFailure, format!("path '{shown}' is not valid, and this store has no substituters")),
             Err(e) => fail(Status::MiscFailure, e.to_string()),
         };
     };
     match outputs_present(conn, &t.path, wanted) {
-        Ok(true) => return Outcome { target: t.text.clone(), status: Status::AlreadyValid, error: String::new(), start, stop: now() },
+        Ok(true) => {
+            let built = built_outputs(conn, &t.path, wanted);
+            return Outcome { target: t.text.clone(), status: Status::AlreadyValid, error: String::new(), start, stop: now(), built };
+        }
         Ok(false) => {}
         Err(e) => return fail(Status::MiscFailure, e),
     }
@@ -168,7 +185,8 @@ fn build_one(conn: &mut Conn, t: &Target, start: u64) -> Outcome {
         return fail(Status::MiscFailure, e);
     }
     drop_copied_up_inputs(conn);
-    Outcome { target: t.text.clone(), status: Status::Built, error: String::new(), start, stop: now() }
+    let built = built_outputs(conn, &t.path, wanted);
+    Outcome { target: t.text.clone(), status: Status::Built, error: String::new(), start, stop: now(), built }
 }
 
 /// Nix's sandbox hard-links regular-file inputs into the build's chroot, and on
@@ -189,6 +207,59 @@ fn drop_copied_up_inputs(conn: &mut Conn) {
             Err(e) => tracing::warn!("could not remove upper copies of lower inputs after a build: {e}"),
         }
     }
+}
+
+/// The wanted outputs of `drv` as Nix names them in a build result: `sha256:<hash
+/// modulo>!<output>` and a realisation. Each is checked by recomputing the output's path
+/// from the hash; one that does not come out right (an unusual derivation) is left out
+/// rather than sent wrong.
+fn built_outputs(conn: &Conn, drv: &StorePath, wanted: &[String]) -> Vec<(String, String)> {
+    let store = conn.store.store();
+    let sd = conn.store_dir();
+    let read = |p: &StorePath| -> Result<crate::format::derivation::Derivation, String> {
+        let text =
+            crate::store::fs::tree::read_small_file(&store.real_path(p), crate::store::local::MAX_DRV_SIZE).map_err(|e| e.to_string())?;
+        crate::format::derivation::Derivation::parse(&text).map_err(|e| e.to_string())
+    };
+    let mut memo: std::collections::HashMap<String, crate::format::Hash> = std::collections::HashMap::new();
+    fn modulo(
+        path: &str,
+        sd: &crate::format::StoreDir,
+        read: &dyn Fn(&StorePath) -> Result<crate::format::derivation::Derivation, String>,
+        memo: &mut std::collections::HashMap<String, crate::format::Hash>,
+    ) -> Result<crate::format::Hash, String> {
+        if let Some(h) = memo.get(path) {
+            return Ok(*h);
+        }
+        let p = sd.parse_path(path).map_err(|e| e.to_string())?;
+        let d = read(&p)?;
+        let h = d.hash_modulo(false, &mut |input| modulo(input, sd, read, memo))?;
+        memo.insert(path.to_string(), h);
+        Ok(h)
+    }
+    let Ok(d) = read(drv) else { return Vec::new() };
+    let Ok(hash) = d.hash_modulo(true, &mut |input| modulo(input, &sd, &read, &mut memo)) else { return Vec::new() };
+    let drv_name = drv.name().strip_suffix(".drv").unwrap_or(drv.name()).to_string();
+    let mut built = Vec::new();
+    for (name, path, _, _) in &d.outputs {
+        if !(wanted.is_empty() || wanted.contains(name)) || path.is_empty() {
+            continue;
+        }
+        let out_name = if name == "out" { drv_name.clone() } else { format!("{drv_name}-{name}") };
+        let Ok(expect) = sd.make_store_path(&format!("output:{name}"), &hash, &out_name) else { continue };
+        if sd.display(&expect) != *path {
+            continue;
+        }
+        let id = format!("sha256:{}!{name}", hash.to_base16());
+        let json = serde_json::json!({
+            "dependentRealisations": {},
+            "id": id,
+            "outPath": expect.basename(),
+            "signatures": [],
+        });
+        built.push((id, json.to_string()));
+    }
+    built
 }
 
 /// Whether every wanted output of `drv` is valid already.
@@ -332,7 +403,6 @@ pub(super) fn build_derivation(conn: &mut Conn) -> Result<Outcome, super::connec
         read_string(&mut conn.r)?;
     }
     read_u64(&mut conn.r)?; // build mode
-    let _ = wire::MAX_ITEMS;
     let start = now();
     let sd = conn.store_dir();
     if !conn.store.store().is_valid(&drv)? {
@@ -345,6 +415,7 @@ pub(super) fn build_derivation(conn: &mut Conn) -> Result<Outcome, super::connec
             ),
             start,
             stop: now(),
+            built: Vec::new(),
         });
     }
     if conn.trust != Trust::Trusted {
@@ -354,6 +425,7 @@ pub(super) fn build_derivation(conn: &mut Conn) -> Result<Outcome, super::connec
             error: "you are not privileged to build input-addressed derivations".into(),
             start,
             stop: now(),
+            built: Vec::new(),
         });
     }
     let t = Target { text: format!("{}!*", sd.display(&drv)), path: drv, outputs: Some(Vec::new()) };
