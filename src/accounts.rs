@@ -41,6 +41,15 @@ fn group_in(file: &Path, name: &str) -> Option<Group> {
     })
 }
 
+fn group_name_in(file: &Path, gid: u32) -> Option<String> {
+    entries(file).into_iter().find(|f| f.len() >= 3 && f[2].parse() == Ok(gid)).map(|f| f[0].clone())
+}
+
+/// The name of group `gid`, if `/etc/group` has one.
+pub fn group_name(gid: u32) -> Option<String> {
+    group_name_in(Path::new("/etc/group"), gid)
+}
+
 /// The group called `name`, if `/etc/group` has it.
 pub fn group(name: &str) -> Option<Group> {
     group_in(Path::new("/etc/group"), name)
@@ -64,5 +73,7 @@ mod tests {
         assert_eq!(group_in(&group, "empty"), Some(Group { gid: 11, members: vec![] }));
         assert_eq!(group_in(&group, "broken"), None);
         assert_eq!(group_in(&group, "nope"), None);
+        assert_eq!(group_name_in(&group, 10).as_deref(), Some("wheel"));
+        assert_eq!(group_name_in(&group, 99), None);
     }
 }

@@ -51,6 +51,12 @@ fn matches(list: &[String], peer: &Peer) -> bool {
 }
 
 pub fn decide(serve: &ServeSpec, peer: &Peer) -> Trust {
+    // A build (a process of the build users' group) never talks to the daemon.
+    if let Some(group) = &serve.build_users_group {
+        if peer.uid != 0 && crate::accounts::group_name(peer.gid).as_deref() == Some(group.as_str()) {
+            return Trust::Refused;
+        }
+    }
     // Root is always trusted, as by nix-daemon (which runs as root and trusts itself).
     if peer.uid == 0 || matches(&serve.trusted_users, peer) {
         Trust::Trusted
@@ -93,5 +99,10 @@ mod tests {
         assert_eq!(decide(&s, &Peer { gid: 0, ..peer(1002, "carol") }), Trust::Allowed);
         s.allowed_users = vec!["@no-such-group-here".into()];
         assert_eq!(decide(&s, &peer(1002, "carol")), Trust::Refused);
+        // Processes of the build users' group are builds: refused, even if allowed.
+        s.allowed_users = vec!["*".into()];
+        s.build_users_group = Some(root_group.clone());
+        assert_eq!(decide(&s, &Peer { gid: 0, ..peer(1002, "carol") }), Trust::Refused);
+        assert_eq!(decide(&s, &peer(1002, "carol")), Trust::Allowed);
     }
 }

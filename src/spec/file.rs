@@ -43,7 +43,7 @@ const STORE_KEYS: &[&str] = &[
 const MOUNT_KEYS: &[&str] = &["workdir", "options"];
 const GC_KEYS: &[&str] = &["keep-derivations", "keep-outputs"];
 const WATCH_KEYS: &[&str] = &["debounce-ms", "gc-interval-secs", "optimise-interval-secs"];
-const SERVE_KEYS: &[&str] = &["socket", "socket-mode", "trusted-users", "allowed-users", "max-connections", "builder"];
+const SERVE_KEYS: &[&str] = &["socket", "socket-mode", "trusted-users", "allowed-users", "max-connections", "build-users-group", "builder"];
 const POLICY_LIMITS_KEYS: &[&str] = &["instructions", "memory-mib", "wall-clock-secs"];
 
 /// Whether a `--store` argument or `lower-store` string names a spec file
@@ -250,6 +250,15 @@ impl Reader<'_> {
                 "trusted-users" => serve.trusted_users = strings(site, &key, &sub.value, spos)?,
                 "allowed-users" => serve.allowed_users = strings(site, &key, &sub.value, spos)?,
                 "max-connections" => serve.max_connections = integer(site, &key, &sub.value, spos, 1)?,
+                "build-users-group" => {
+                    serve.build_users_group = match &sub.value {
+                        Node::Scalar(Value::String(s)) if s.is_empty() => None,
+                        Node::Scalar(Value::String(s)) => Some(s.clone()),
+                        other => {
+                            return Err(site.error(&key, spos, format!("expected a group name (a string), found {}", describe_node(other))))
+                        }
+                    }
+                }
                 "builder" => {
                     serve.builder = strings(site, &key, &sub.value, spos)?;
                     if serve.builder.is_empty() {

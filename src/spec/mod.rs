@@ -199,6 +199,9 @@ pub struct ServeSpec {
     pub trusted_users: Vec<String>,
     pub allowed_users: Vec<String>,
     pub max_connections: u64,
+    /// Nix's build users' group: processes running as one of its members are builds,
+    /// and are refused, as by nix-daemon. `None`: no such group.
+    pub build_users_group: Option<String>,
     /// The command (and leading arguments) that builds derivations for clients: stock
     /// Nix's `nix-store`, run against the overlay as a local store.
     pub builder: Vec<String>,
@@ -212,6 +215,7 @@ impl Default for ServeSpec {
             trusted_users: vec!["root".into()],
             allowed_users: vec!["*".into()],
             max_connections: 64,
+            build_users_group: None,
             builder: vec!["nix-store".into()],
         }
     }

@@ -869,6 +869,10 @@ fn serve_table_with_defaults_and_clear_errors() {
     assert!(e.contains("serve.socket-mode") && e.contains("0o7777"), "{e}");
     let e = toml_err("root = \"/x\"\n[serve]\ntrusted-users = \"root\"\n");
     assert!(e.contains("serve.trusted-users") && e.contains("array of strings"), "{e}");
+    let s = toml_ok("root = \"/x\"\n[serve]\nbuild-users-group = \"nixbld\"\n");
+    assert_eq!(s.serve.build_users_group.as_deref(), Some("nixbld"));
+    let e = toml_err("root = \"/x\"\n[serve]\nbuild-users-group = 30000\n");
+    assert!(e.contains("serve.build-users-group") && e.contains("group name"), "{e}");
     let e = toml_err("root = \"/x\"\n[serve]\nbuilder = []\n");
     assert!(e.contains("serve.builder"), "{e}");
     let e = toml_err("root = \"/x\"\n[serve]\nmax-conections = 3\n");
