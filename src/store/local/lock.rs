@@ -97,6 +97,20 @@ impl FileLock {
         Ok(flock(&file, kind, wait)?.then(|| FileLock { file, path: path.to_path_buf() }))
     }
 
+    /// As [`FileLock::acquire`] with waiting, but the lock is on the file that is at
+    /// `path` once it is held: a holder that removed the file while we waited (a pivot
+    /// journal's recovery does) leaves us a lock on nothing, so we take it again.
+    pub fn acquire_current(path: &Path, kind: LockKind) -> io::Result<FileLock> {
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let lock = FileLock::acquire(path, kind, true)?.expect("waited for");
+            let held = lock.file.metadata()?;
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == held.dev() && m.ino() == held.ino()) {
+                return Ok(lock);
+            }
+        }
+    }
+
     /// Locks an already open file.
     pub fn from_file(file: File, path: &Path, kind: LockKind, wait: bool) -> io::Result<Option<FileLock>> {
         Ok(flock(&file, kind, wait)?.then(|| FileLock { file, path: path.to_path_buf() }))

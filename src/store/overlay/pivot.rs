@@ -204,7 +204,7 @@ impl OverlayStore {
             }
         }
         let journal = journal_path(&state);
-        let journal_lock = FileLock::acquire(&journal, LockKind::Exclusive, true).map_err(io_err(&journal))?.expect("blocking");
+        let journal_lock = FileLock::acquire_current(&journal, LockKind::Exclusive).map_err(io_err(&journal))?;
         if journal_lock.file().metadata().map_err(io_err(&journal))?.len() != 0 {
             return Err(StoreError::Other(format!(
                 "the journal of an interrupted pivot is still there ('{}'): open the store with its spec first, which recovers it",
