@@ -10,10 +10,11 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use super::handlers::check_upload;
 use super::protocol::*;
 use super::trust::{self, Peer, Trust};
-use crate::format::hash::{Hash, HashAlgo};
-use crate::format::{ContentAddress, DrvOutput, Realisation, StoreDir, StorePath};
+
+use crate::format::{DrvOutput, Realisation, StoreDir, StorePath};
 use crate::spec::{StoreKind, StoreSpec};
 use crate::store::daemon::wire::{self, read_bool, read_string, read_u64, write_string, write_u64, WireError};
 use crate::store::local::ingest::{self, NarUpload};
@@ -230,24 +231,8 @@ impl Conn<'_> {
 
     /// Reads a path's info as clients send it for uploads (path first).
     pub(super) fn read_info(&mut self) -> OpResult<PathInfo> {
-        let path = self.read_path()?;
-        let deriver = read_string(&mut self.r)?;
-        let deriver = if deriver.is_empty() { None } else { Some(self.parse_path(&deriver)?) };
-        let hash = read_string(&mut self.r)?;
-        let nar_hash = Hash::parse_digest(HashAlgo::Sha256, hash.strip_prefix("sha256:").unwrap_or(&hash))
-            .map_err(|e| Failure::Wire(WireError::Malformed(format!("NAR hash '{hash}': {e}"))))?;
-        let references: BTreeSet<StorePath> = self.read_paths()?.into_iter().collect();
-        let registration_time = read_u64(&mut self.r)? as i64;
-        let nar_size = read_u64(&mut self.r)?;
-        let ultimate = read_bool(&mut self.r)?;
-        let sigs: BTreeSet<String> = read_string_list(&mut self.r)?.into_iter().collect();
-        let ca = read_string(&mut self.r)?;
-        let ca = if ca.is_empty() {
-            None
-        } else {
-            Some(ContentAddress::parse(&ca).map_err(|e| Failure::Wire(WireError::Malformed(format!("content address '{ca}': {e}"))))?)
-        };
-        Ok(PathInfo { path, deriver, nar_hash, references, registration_time, nar_size, ultimate, sigs, ca })
+        let sd = self.store_dir();
+        Ok(read_info_from(&mut self.r, &sd)?)
     }
 
     pub(super) fn require_trusted(&self, what: &str) -> OpResult {
@@ -451,15 +436,12 @@ impl Conn<'_> {
             }
             op::ADD_TO_STORE_NAR => {
                 let mut info = self.read_info()?;
-                if self.trust != Trust::Trusted {
-                    info.ultimate = false;
-                }
                 let _repair = read_bool(&mut self.r)?;
                 let _dont_check_sigs = read_bool(&mut self.r)?;
                 if self.minor < 23 {
                     return Err(Failure::Wire(WireError::Malformed("NAR uploads need protocol 1.23 or newer".into())));
                 }
-                if let Err(refused) = self.check_upload(&info) {
+                if let Err(refused) = check_upload(self.trust, &self.store_dir(), &mut info) {
                     // The NAR is on its way regardless: read it, so the next request parses.
                     FramedReader::new(&mut self.r).drain()?;
                     return Err(refused);

@@ -152,21 +152,6 @@ impl Conn<'_> {
         Ok(report.errors > 0)
     }
 
-    /// Untrusted clients may add only what proves itself: content-addressed paths whose
-    /// address matches their name. (Signature checking is not implemented, so signed
-    /// input-addressed paths are refused too.)
-    pub(super) fn check_upload(&self, info: &PathInfo) -> OpResult {
-        if self.trust == Trust::Trusted {
-            return Ok(());
-        }
-        let sd = self.store_dir();
-        if proves_itself(&sd, info) {
-            Ok(())
-        } else {
-            Err(Failure::Op(format!("cannot add path '{}' because it lacks a signature by a trusted key", hl(&sd.display(&info.path)))))
-        }
-    }
-
     /// AddToStore, protocol 1.25 form: name, content-address method, references, repair,
     /// then the data (a NAR or the flat contents) as a framed stream.
     pub(super) fn add_to_store(&mut self) -> OpResult {
@@ -205,17 +190,7 @@ impl Conn<'_> {
             let mut staged = ingest::Staging::new(store.ingest());
             for _ in 0..n {
                 let mut info = read_info_from(&mut framed, &sd)?;
-                if trust != Trust::Trusted {
-                    info.ultimate = false;
-                }
-                if trust != Trust::Trusted {
-                    if !proves_itself(&sd, &info) {
-                        return Err(Failure::Op(format!(
-                            "cannot add path '{}' because it lacks a signature by a trusted key",
-                            hl(&sd.display(&info.path))
-                        )));
-                    }
-                }
+                check_upload(trust, &sd, &mut info)?;
                 staged.stage(info.clone(), &mut framed)?;
                 uploads.push(info.path);
             }
@@ -226,5 +201,21 @@ impl Conn<'_> {
         framed.drain()?;
         result?;
         Ok(())
+    }
+}
+
+/// What an upload may be: anything from a trusted client; from others only what proves
+/// itself, a content-addressed path whose address names it (its content is checked when
+/// it is restored), and never marked `ultimate`. Signatures are not checked yet, so a
+/// signed input-addressed path is refused too.
+pub(super) fn check_upload(trust: Trust, sd: &crate::format::StoreDir, info: &mut PathInfo) -> OpResult {
+    if trust == Trust::Trusted {
+        return Ok(());
+    }
+    info.ultimate = false;
+    if proves_itself(sd, info) {
+        Ok(())
+    } else {
+        Err(Failure::Op(format!("cannot add path '{}' because it lacks a signature by a trusted key", hl(&sd.display(&info.path)))))
     }
 }

@@ -53,7 +53,7 @@ pub(super) fn write_error(w: &mut impl Write, minor: u64, msg: &str) -> io::Resu
 pub(super) fn read_info_from(r: &mut impl Read, sd: &StoreDir) -> Result<PathInfo, WireError> {
     let bad = WireError::Malformed;
     let path = read_string(r)?;
-    let path = sd.parse_path(&path).map_err(|_| bad(format!("path '{path}' is not in the Nix store")))?;
+    let path = sd.parse_path(&path).map_err(|_| bad(format!("path '{}' is not in the Nix store", hl(&path))))?;
     let deriver = read_string(r)?;
     let deriver = if deriver.is_empty() { None } else { Some(sd.parse_path(&deriver).map_err(|e| bad(e.to_string()))?) };
     let hash = read_string(r)?;
