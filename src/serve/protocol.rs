@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 
 use crate::format::hash::{Hash, HashAlgo};
-use crate::format::{ContentAddress, StoreDir, StorePath};
+use crate::format::{ContentAddress, StoreDir};
 use crate::store::daemon::wire::{self, read_bool, read_string, read_u64, write_string, write_u64, WireError};
 use crate::store::PathInfo;
 
@@ -70,14 +70,6 @@ pub(super) fn read_info_from(r: &mut impl Read, sd: &StoreDir) -> Result<PathInf
     let ca = read_string(r)?;
     let ca = if ca.is_empty() { None } else { Some(ContentAddress::parse(&ca).map_err(|e| bad(e.to_string()))?) };
     Ok(PathInfo { path, deriver, nar_hash, references, registration_time, nar_size, ultimate, sigs, ca })
-}
-
-/// Whether a path's name is what its content address and references make it.
-pub(super) fn proves_itself(sd: &StoreDir, info: &PathInfo) -> bool {
-    let Some(ca) = &info.ca else { return false };
-    let self_ref = info.references.contains(&info.path);
-    let others: BTreeSet<StorePath> = info.references.iter().filter(|r| **r != info.path).cloned().collect();
-    sd.make_path_from_ca(info.path.name(), ca, &others, self_ref).is_ok_and(|p| p == info.path)
 }
 
 pub(super) fn sha1_of(data: &[u8]) -> Vec<u8> {

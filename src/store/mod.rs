@@ -40,6 +40,17 @@ pub struct PathInfo {
     pub ca: Option<ContentAddress>,
 }
 
+impl PathInfo {
+    /// Whether the path is the one its content address names, given its references (a
+    /// reference to itself counts as a self-reference). False without a content address.
+    pub fn ca_names_path(&self, store_dir: &StoreDir) -> bool {
+        let Some(ca) = &self.ca else { return false };
+        let others: BTreeSet<StorePath> = self.references.iter().filter(|r| **r != self.path).cloned().collect();
+        let self_ref = self.references.contains(&self.path);
+        store_dir.make_path_from_ca(self.path.name(), ca, &others, self_ref).is_ok_and(|p| p == self.path)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("path '{0}' is not valid")]

@@ -249,10 +249,7 @@ fn check_content_address(sd: &crate::format::StoreDir, info: &PathInfo, ca: &Con
         ContentAddress::Fixed(m, h) => (*m == FileIngestion::Recursive, h),
     };
     let got = tree::content_hash(restored, recursive, claimed.algo()).map_err(io_err(restored))?;
-    let others: BTreeSet<StorePath> = info.references.iter().filter(|r| **r != info.path).cloned().collect();
-    let self_ref = info.references.contains(&info.path);
-    let named = sd.make_path_from_ca(info.path.name(), ca, &others, self_ref)?;
-    if got != *claimed || named != info.path {
+    if got != *claimed || !info.ca_names_path(sd) {
         return Err(StoreError::Other(format!(
             "ca hash mismatch importing path '{}';\n  specified: {}\n  got:       {}",
             sd.display(&info.path),
