@@ -4,8 +4,10 @@ pub mod derivation;
 pub mod export;
 pub mod hash;
 pub mod nar;
+pub mod narinfo;
 pub mod nixbase32;
 pub mod realisation;
+pub mod signing;
 pub mod store_path;
 
 pub use hash::{Hash, HashAlgo};
