@@ -10,6 +10,7 @@
 //! - [`service`]: `watch`, the store as a long-running service.
 
 pub mod accounts;
+pub mod cache;
 pub mod format;
 pub mod policy;
 pub mod serve;

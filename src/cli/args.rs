@@ -199,8 +199,49 @@ pub(super) enum Command {
     Serve {
         /// The socket to listen on (default: `[serve] socket`, else
         /// STATE/daemon-socket/socket).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "http")]
         socket: Option<PathBuf>,
+        /// Serve the store as a Nix binary cache over HTTP on ADDR (`127.0.0.1:8080`)
+        /// instead: narinfos (signed with `secret-key-files`) and NARs.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// How `--http` compresses NARs as it sends them.
+        #[arg(long, value_name = "none|xz|zstd|bzip2", default_value = "none", requires = "http")]
+        compression: String,
+    },
+    /// Copy paths from a binary cache into the store (the missing part of their closures,
+    /// verified, registered all at once), or publish their closures to one (--to).
+    /// Without --from or --to, the spec's `substituters` are used.
+    Copy {
+        /// A binary cache: `file:///DIR`, `http://…`, `https://…`.
+        #[arg(long, value_name = "URL", conflicts_with = "to")]
+        from: Option<String>,
+        /// Publish to this cache (`file:///DIR?compression=zstd&secret-key=FILE`).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// Accept paths without a trusted signature (Nix's --no-check-sigs).
+        #[arg(long = "no-check-sigs")]
+        no_check_sigs: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Sign paths with secret keys (`--key-file`, else `secret-key-files`); lower-only
+    /// paths of an overlay are copied up first.
+    Sign {
+        #[arg(long = "key-file", short = 'k', value_name = "FILE")]
+        key_files: Vec<PathBuf>,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Write a new signing key pair in Nix's format (as `nix-store
+    /// --generate-binary-cache-key`); needs no store.
+    GenerateKey {
+        /// The key's name, by convention the cache's host name and a number (`cache.example.org-1`).
+        name: String,
+        secret_key_file: PathBuf,
+        public_key_file: PathBuf,
     },
 }
 

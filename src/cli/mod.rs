@@ -2,6 +2,7 @@
 //! thin shell over the library; errors are rendered for humans only at this edge.
 
 mod args;
+mod cache;
 mod gc;
 mod logging;
 mod output;
@@ -167,6 +168,9 @@ fn run(cli: Cli) -> CliResult {
     if let Command::Policy(PolicyCommand::Check { file }) = &cli.command {
         return policy_check(file);
     }
+    if let Command::GenerateKey { name, secret_key_file, public_key_file } = &cli.command {
+        return cache::generate_key(name, secret_key_file, public_key_file);
+    }
     let mut session = Session::default();
     let result = run_command(cli, &mut session);
     let failed_hooks = session.opened.as_ref().map(|o| o.consequential_policy_failures()).unwrap_or(0);
@@ -200,12 +204,21 @@ fn policy_check(file: &std::path::Path) -> CliResult {
 }
 
 fn run_command(cli: Cli, session: &mut Session) -> CliResult {
-    if let Command::Policy(_) = cli.command {
+    if let Command::Policy(_) | Command::GenerateKey { .. } = cli.command {
         unreachable!("handled before a store is opened");
     }
     let spec = load_spec(&cli)?;
     match cli.command {
-        Command::Policy(_) => unreachable!("handled before a store is opened"),
+        Command::Policy(_) | Command::GenerateKey { .. } => unreachable!("handled before a store is opened"),
+        Command::Copy { from, to, no_check_sigs, json, paths } => {
+            let opened = session.open(&spec)?;
+            let show_progress = !cli.global.quiet && cli.global.log_format == logging::LogFormat::Text;
+            cache::copy(opened, &spec, cache::CopyArgs { from, to, no_check_sigs, json, paths, show_progress })
+        }
+        Command::Sign { key_files, paths } => {
+            let opened = session.open(&spec)?;
+            cache::sign(opened, &spec, &key_files, &paths)
+        }
         Command::Uri => {
             println!("{}", spec.to_uri());
             Ok(())
@@ -316,7 +329,10 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             };
             crate::cli::watch::run(&file, spec)
         }
-        Command::Serve { socket } => crate::cli::serve::run(spec, socket),
+        Command::Serve { socket, http, compression } => match http {
+            Some(addr) => cache::serve_http(spec, &addr, &compression),
+            None => crate::cli::serve::run(spec, socket),
+        },
         Command::Delete { paths, json } => {
             let opened = session.open(&spec)?;
             gc::delete(opened, &spec, &paths, json)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{SpecError, SpecErrorKind};
 use super::{
-    GcSpec, MountSpec, PolicyLimits, ServeSpec, SpecOrigin, StoreKind, StoreSpec, WatchSpec, DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR,
+    CacheSpec, GcSpec, MountSpec, PolicyLimits, ServeSpec, SpecOrigin, StoreKind, StoreSpec, WatchSpec, DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR,
     DEFAULT_STATE_DIR, DEFAULT_STORE_DIR,
 };
 
@@ -113,6 +113,7 @@ pub(crate) struct Draft {
     pub gc: Option<GcSpec>,
     pub watch: Option<WatchSpec>,
     pub serve: Option<ServeSpec>,
+    pub caches: Option<CacheSpec>,
     pub policy_limits: Option<PolicyLimits>,
 }
 
@@ -306,6 +307,7 @@ impl Draft {
             gc: self.gc.unwrap_or_default(),
             watch: self.watch.unwrap_or_default(),
             serve: self.serve.unwrap_or_default(),
+            caches: self.caches.unwrap_or_default(),
             policy_limits: self.policy_limits.unwrap_or_default(),
             origin: SpecOrigin::Uri(String::new()),
             files: Vec::new(),

@@ -15,7 +15,7 @@ use super::draft::{At, Draft, Pos, RealDefault, Site};
 use super::error::{Place, SpecError, SpecErrorKind};
 use super::toml_tree::{describe_node, walk, Doc, Entry, Node};
 use super::util::{absolute, normalize, unknown_hint};
-use super::{uri, GcSpec, MountSpec, PolicyLimits, ServeSpec, SpecOrigin, StoreKind, StoreSpec, WatchSpec, MAX_NESTING};
+use super::{uri, CacheSpec, GcSpec, MountSpec, PolicyLimits, ServeSpec, SpecOrigin, StoreKind, StoreSpec, WatchSpec, MAX_NESTING};
 
 /// Every key of a store table, in the order the docs list them.
 const STORE_KEYS: &[&str] = &[
@@ -38,12 +38,24 @@ const STORE_KEYS: &[&str] = &[
     "gc",
     "watch",
     "serve",
+    "binary-caches",
     "policy-limits",
 ];
 const MOUNT_KEYS: &[&str] = &["workdir", "options"];
 const GC_KEYS: &[&str] = &["keep-derivations", "keep-outputs"];
 const WATCH_KEYS: &[&str] = &["debounce-ms", "gc-interval-secs", "optimise-interval-secs"];
 const SERVE_KEYS: &[&str] = &["socket", "socket-mode", "trusted-users", "allowed-users", "max-connections", "build-users-group", "builder"];
+const CACHE_KEYS: &[&str] = &[
+    "substituters",
+    "trusted-public-keys",
+    "require-sigs",
+    "secret-key-files",
+    "narinfo-cache-positive-ttl",
+    "narinfo-cache-negative-ttl",
+    "http-connections",
+    "download-attempts",
+    "stalled-download-timeout",
+];
 const POLICY_LIMITS_KEYS: &[&str] = &["instructions", "memory-mib", "wall-clock-secs"];
 
 /// Whether a `--store` argument or `lower-store` string names a spec file
@@ -175,7 +187,7 @@ impl Reader<'_> {
                     d.lower_store = Some(At { value, pos });
                     d.missing_at = pos.or(d.missing_at);
                 }
-                "policy" | "mount" | "gc" | "watch" | "serve" | "policy-limits" => {
+                "policy" | "mount" | "gc" | "watch" | "serve" | "binary-caches" | "policy-limits" => {
                     if level == Level::Inline {
                         return Err(site.error(
                             key,
@@ -191,6 +203,7 @@ impl Reader<'_> {
                         "gc" => top.gc = Some(gc(&site, e, pos, self)?),
                         "watch" => top.watch = Some(watch(&site, e, pos, self)?),
                         "serve" => top.serve = Some(self.serve(&site, e, pos)?),
+                        "binary-caches" => top.caches = Some(self.caches(&site, e, pos)?),
                         _ => top.policy_limits = Some(policy_limits(&site, e, pos, self)?),
                     }
                     if level == Level::Included {
@@ -206,6 +219,7 @@ impl Reader<'_> {
                         d.gc = top.gc.or(d.gc);
                         d.watch = top.watch.or(d.watch);
                         d.serve = top.serve.or(d.serve);
+                        d.caches = top.caches.or(d.caches);
                         d.policy_limits = top.policy_limits.or(d.policy_limits);
                     }
                 }
@@ -230,6 +244,47 @@ impl Reader<'_> {
         check_path_text(site, key, s, pos)?;
         let value = if resolve { normalize(&self.doc.dir.join(s)) } else { normalize(Path::new(s)) };
         Ok(At { value, pos })
+    }
+
+    /// The `[binary-caches]` table.
+    fn caches(&self, site: &Site, e: &Entry, pos: Pos) -> Result<CacheSpec, SpecError> {
+        let mut caches = CacheSpec::default();
+        for sub in table(site, "binary-caches", e, pos)? {
+            let spos = self.pos(sub);
+            let key = format!("binary-caches.{}", sub.key);
+            match sub.key.as_str() {
+                "substituters" => {
+                    caches.substituters = strings(site, &key, &sub.value, spos)?;
+                    for url in &caches.substituters {
+                        if !(url.starts_with("file://") || url.starts_with("http://") || url.starts_with("https://") || url.starts_with('/')) {
+                            return Err(site.error(&key, spos, format!("'{url}' is not a binary cache URL (file://, http://, https:// or an absolute path)")));
+                        }
+                    }
+                }
+                "trusted-public-keys" => {
+                    caches.trusted_public_keys = strings(site, &key, &sub.value, spos)?;
+                    for k in &caches.trusted_public_keys {
+                        crate::format::signing::PublicKey::parse(k).map_err(|err| site.error(&key, spos, err.to_string()))?;
+                    }
+                }
+                "require-sigs" => caches.require_sigs = boolean(site, &key, &sub.value, spos)?.value,
+                "secret-key-files" => {
+                    let files = strings(site, &key, &sub.value, spos)?;
+                    caches.secret_key_files.clear();
+                    for f in files {
+                        check_path_text(site, &key, &f, spos)?;
+                        caches.secret_key_files.push(normalize(&self.doc.dir.join(f)));
+                    }
+                }
+                "narinfo-cache-positive-ttl" => caches.narinfo_cache_positive_ttl = integer(site, &key, &sub.value, spos, 0)?,
+                "narinfo-cache-negative-ttl" => caches.narinfo_cache_negative_ttl = integer(site, &key, &sub.value, spos, 0)?,
+                "http-connections" => caches.http_connections = integer(site, &key, &sub.value, spos, 1)?,
+                "download-attempts" => caches.download_attempts = integer(site, &key, &sub.value, spos, 1)?,
+                "stalled-download-timeout" => caches.stalled_download_timeout = integer(site, &key, &sub.value, spos, 1)?,
+                other => return Err(unknown(site, "binary-caches", other, spos, CACHE_KEYS)),
+            }
+        }
+        Ok(caches)
     }
 
     /// The `[serve]` table.

@@ -45,6 +45,17 @@
 //! max-connections = 64
 //! builder = ["nix-store"]
 //!
+//! [binary-caches]                   # top level only: `copy`, `sign`, `serve --http`
+//! substituters = ["https://cache.example.org"]   # Nix's names and meanings
+//! trusted-public-keys = ["cache.example.org-1:…"]
+//! require-sigs = true
+//! secret-key-files = ["/etc/overlay-store/cache.sk"]
+//! narinfo-cache-positive-ttl = 2592000
+//! narinfo-cache-negative-ttl = 3600
+//! http-connections = 25
+//! download-attempts = 5
+//! stalled-download-timeout = 300
+//!
 //! [policy-limits]                   # top level only
 //! instructions = 100000000
 //! memory-mib = 64
@@ -62,7 +73,7 @@
 //!   file; it is parsed like an inline table and recorded in
 //!   [`StoreSpec::files`]), a path (`/abs` or `./rel`: a local store with that
 //!   root), or a store URI.
-//! * `policy`, `[mount]`, `[gc]`, `[watch]`, `[serve]` and `[policy-limits]` describe what
+//! * `policy`, `[mount]`, `[gc]`, `[watch]`, `[serve]`, `[binary-caches]` and `[policy-limits]` describe what
 //!   overlay-store does to the store it runs on, and it never mounts, collects,
 //!   watches or runs policies on a lower store. In an inline lower store table
 //!   they are errors; in an included `.toml` file (which may be another
@@ -221,6 +232,42 @@ impl Default for ServeSpec {
     }
 }
 
+/// The `[binary-caches]` table: the nix.conf settings of substitution and signing, with
+/// Nix's names, defaults and meanings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// Cache URLs, tried in order (`file://`, `http://`, `https://`, an absolute path).
+    pub substituters: Vec<String>,
+    /// `<name>:<base64>` public keys whose signatures make a narinfo trusted.
+    pub trusted_public_keys: Vec<String>,
+    pub require_sigs: bool,
+    /// Files holding secret keys that sign what we publish or `sign`.
+    pub secret_key_files: Vec<PathBuf>,
+    pub narinfo_cache_positive_ttl: u64,
+    pub narinfo_cache_negative_ttl: u64,
+    /// Parallel downloads at most.
+    pub http_connections: u64,
+    pub download_attempts: u64,
+    /// Seconds without a byte before a download counts as failed.
+    pub stalled_download_timeout: u64,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            substituters: Vec::new(),
+            trusted_public_keys: Vec::new(),
+            require_sigs: true,
+            secret_key_files: Vec::new(),
+            narinfo_cache_positive_ttl: 30 * 24 * 3600,
+            narinfo_cache_negative_ttl: 3600,
+            http_connections: 25,
+            download_attempts: 5,
+            stalled_download_timeout: 300,
+        }
+    }
+}
+
 /// The `[policy-limits]` table: budgets for each Lua hook call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyLimits {
@@ -285,6 +332,7 @@ pub struct StoreSpec {
     pub gc: GcSpec,
     pub watch: WatchSpec,
     pub serve: ServeSpec,
+    pub caches: CacheSpec,
     pub policy_limits: PolicyLimits,
     pub origin: SpecOrigin,
     /// Every file read to build this spec (the main one first, then included

@@ -54,7 +54,13 @@ impl IngestTarget for LocalStore {
 }
 
 /// Removes a temporary object when dropped unless it was disarmed.
-struct TempObject(Option<PathBuf>);
+pub(crate) struct TempObject(Option<PathBuf>);
+
+impl TempObject {
+    pub(crate) fn path(&self) -> &Path {
+        self.0.as_deref().expect("armed")
+    }
+}
 
 impl Drop for TempObject {
     fn drop(&mut self) {
@@ -205,6 +211,33 @@ impl<'t> Staging<'t> {
         self.target.local().add_temp_root(&info.path)?;
         self.staged.push((info, tmp));
         Ok(())
+    }
+
+    /// A temporary name in the real store directory for an object a caller restores
+    /// itself (in parallel, say) and then [`adopt`](Self::adopt)s; removed if dropped.
+    pub(crate) fn reserve(&self, what: &str) -> Result<TempObject> {
+        Ok(TempObject(Some(self.target.local().temp_name(what)?)))
+    }
+
+    /// Stages an object a caller restored at `tmp` and already checked against the NAR
+    /// hash and size `info` claims; its content address is checked here.
+    pub(crate) fn adopt(&mut self, info: PathInfo, tmp: TempObject) -> Result<()> {
+        let sd = self.target.local().config().store_dir.clone();
+        if let Some(ca) = &info.ca {
+            check_content_address(&sd, &info, ca, tmp.path())?;
+        }
+        self.target.local().add_temp_root(&info.path)?;
+        self.staged.push((info, tmp));
+        Ok(())
+    }
+
+    /// Whether `path` is already in the store, changing nothing.
+    pub fn is_present(&mut self, path: &StorePath) -> Result<bool> {
+        self.target.is_present_quietly(path)
+    }
+
+    pub fn store_dir(&self) -> crate::format::StoreDir {
+        self.target.local().config().store_dir.clone()
     }
 
     pub fn commit(mut self) -> Result<()> {
