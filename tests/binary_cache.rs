@@ -115,6 +115,15 @@ struct Source {
     closure: Vec<String>,
     sk: String,
     pk: String,
+    base: PathBuf,
+    alias: NixAlias,
+}
+
+impl Source {
+    /// A `file://` URL (and its parameters' paths) as stock Nix can parse it.
+    fn for_nix(&self, url: &str) -> String {
+        url.replace(self.base.to_str().unwrap(), self.alias.path.to_str().unwrap())
+    }
 }
 
 fn source(sc: &Scratch, base: &Path) -> Source {
@@ -125,12 +134,20 @@ fn source(sc: &Scratch, base: &Path) -> Source {
     let pk = base.join("keys/cache-1.pk");
     fs::create_dir_all(sk.parent().unwrap()).unwrap();
     nix(sc, "nix-store", &["--generate-binary-cache-key", "cache-1", sk.to_str().unwrap(), pk.to_str().unwrap()], None).ok();
-    Source { root, top, closure, sk: sk.to_str().unwrap().into(), pk: fs::read_to_string(&pk).unwrap().trim().to_string() }
+    Source {
+        root,
+        top,
+        closure,
+        sk: sk.to_str().unwrap().into(),
+        pk: fs::read_to_string(&pk).unwrap().trim().to_string(),
+        base: base.to_path_buf(),
+        alias: nix_alias(base),
+    }
 }
 
 /// `nix copy --to file://DIR?…` from the source store.
 fn nix_publish(sc: &Scratch, src: &Source, dir: &Path, params: &str, paths: &[&str]) {
-    let url = format!("file://{}?{params}", dir.display());
+    let url = src.for_nix(&format!("file://{}?{params}", dir.display()));
     let mut args = vec!["copy", "--store", src.root.to_str().unwrap(), "--to", url.as_str()];
     args.extend_from_slice(paths);
     nix(sc, "nix", &args, None).ok();
@@ -204,7 +221,7 @@ fn nix_caches_fill_only_the_missing_part_with_nix_s_rows() {
             let oracle = base.join(format!("oracle-{i}"));
             let from = format!("file://{}", base.join(dir).display());
             let trusted = format!("trusted-public-keys = {}\nrequire-sigs = true\n", src.pk);
-            nix_with(&format!("{NIX_CONFIG}{trusted}"), &sc, "nix", &["copy", "--from", &from, "--to", oracle.to_str().unwrap(), &top], None).ok();
+            nix_with(&format!("{NIX_CONFIG}{trusted}"), &sc, "nix", &["copy", "--from", &src.for_nix(&from), "--to", oracle.to_str().unwrap(), &top], None).ok();
 
             let ob = base.join(format!("o{i}"));
             let (l, cfg, dep) = overlay(&sc, &ob, &src, "");
@@ -406,7 +423,7 @@ fn what_we_publish_and_serve_stock_nix_substitutes_with_signatures_checked() {
             let cache = base.join(format!("published-{i}"));
             ours(&cfg, &["copy", "--to", &format!("file://{}?{params}", cache.display()), &top]).ok();
             let dest = base.join(format!("nix-dest-{i}"));
-            nix_with(&trusted, &sc, "nix", &["copy", "--from", &format!("file://{}", cache.display()), "--to", dest.to_str().unwrap(), &top], None).ok();
+            nix_with(&trusted, &sc, "nix", &["copy", "--from", &src.for_nix(&format!("file://{}", cache.display())), "--to", dest.to_str().unwrap(), &top], None).ok();
             nix_store(&sc, &dest, &["--verify", "--check-contents"]).ok();
             assert_eq!(nix_store(&sc, &dest, &["-q", "--requisites", &top]).ok().lines().len(), src.closure.len());
             if *params == "compression=none" {
@@ -428,7 +445,7 @@ fn what_we_publish_and_serve_stock_nix_substitutes_with_signatures_checked() {
         let refused_dest = base.join("nix-refused");
         let unsigned_cache = base.join("published-plain");
         ours(&format!("local?root={}", src.root.display()), &["copy", "--to", &format!("file://{}?compression=none", unsigned_cache.display()), &top]).ok();
-        let r = nix_with(&wrong, &sc, "nix", &["copy", "--from", &format!("file://{}", unsigned_cache.display()), "--to", refused_dest.to_str().unwrap(), &top], None);
+        let r = nix_with(&wrong, &sc, "nix", &["copy", "--from", &src.for_nix(&format!("file://{}", unsigned_cache.display())), "--to", refused_dest.to_str().unwrap(), &top], None);
         assert_ne!(r.code, 0, "stock Nix refuses unsigned paths");
 
         // serve --http: the merged view as a cache, signed on the fly.

@@ -82,7 +82,8 @@ impl CacheUrl {
             if !dir.starts_with('/') {
                 return Err(bad("a file:// cache needs an absolute directory (file:///path)"));
             }
-            Location::Dir(PathBuf::from(percent_decode(dir).map_err(|e| bad(&e))?))
+            // Nix 2.8 takes the path literally (`%20` is three characters), so we do too.
+            Location::Dir(PathBuf::from(dir))
         } else if base.starts_with('/') {
             Location::Dir(PathBuf::from(base))
         } else if base.starts_with("http://") || base.starts_with("https://") {
@@ -153,8 +154,8 @@ mod tests {
 
     #[test]
     fn cache_urls_parse_with_their_parameters() {
-        let u = CacheUrl::parse("file:///tmp/a%20b/cache?compression=zstd&secret-key=/k%20s").unwrap();
-        assert_eq!(u.location, Location::Dir("/tmp/a b/cache".into()));
+        let u = CacheUrl::parse("file:///tmp/a%20b c/cache?compression=zstd&secret-key=/k%20s").unwrap();
+        assert_eq!(u.location, Location::Dir("/tmp/a%20b c/cache".into()), "as Nix 2.8: literal");
         assert_eq!(u.compression(), Compression::Zstd);
         assert_eq!(u.params["secret-key"], "/k s");
         assert!(u.unknown_params().is_empty());

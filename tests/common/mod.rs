@@ -384,3 +384,24 @@ pub fn base_of(p: &str) -> String {
 pub fn connect_long(path: &Path) -> std::os::unix::net::UnixStream {
     overlay_store::store::fs::socket::connect(path).expect("connect")
 }
+
+/// Nix 2.8 cannot parse a `file://` URL (or a URL parameter) with a space in it, and CI
+/// runs under such a directory. Inside a test's private mount namespace this binds `dir`
+/// onto a new space-free directory under /tmp, for the URLs given to stock Nix; the
+/// directory is removed when the guard drops (the bind mount dies with the namespace).
+pub struct NixAlias {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn nix_alias(dir: &Path) -> NixAlias {
+    let alias = tempfile::Builder::new().prefix("os-nix-").tempdir_in("/tmp").expect("alias dir");
+    nix::mount::mount(Some(dir), alias.path(), None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).expect("bind mount");
+    NixAlias { path: alias.path().to_path_buf(), _dir: alias }
+}
+
+impl Drop for NixAlias {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
