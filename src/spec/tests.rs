@@ -398,7 +398,7 @@ fn unknown_keys_suggest_the_closest() {
         toml_err("frobnicate = 1"),
         "/etc/overlay/store.toml:1:1: frobnicate: unknown key; expected one of: type, store-dir, root, \
          real, state, log, upper-layer, check-mount, read-only, immutable, remount-hook, policy, \
-         socket, timeout-secs, lower-store, mount, gc, watch, serve, policy-limits"
+         socket, timeout-secs, lower-store, mount, gc, watch, serve, binary-caches, policy-limits"
     );
     assert_eq!(
         toml_err("[gc]\nkeep-output = true"),
@@ -878,5 +878,30 @@ fn serve_table_with_defaults_and_clear_errors() {
     let e = toml_err("root = \"/x\"\n[serve]\nmax-conections = 3\n");
     assert!(e.contains("max-connections"), "a typo gets a suggestion: {e}");
     let e = toml_err("[lower-store]\nroot = \"/l\"\n[lower-store.serve]\nsocket = \"s\"\n");
+    assert!(e.contains("only allowed in the top-level"), "{e}");
+}
+
+#[test]
+fn binary_caches_table_with_nix_s_names_defaults_and_errors() {
+    let s = toml_ok("root = \"/x\"\n");
+    assert_eq!(s.caches, CacheSpec::default());
+    assert!(s.caches.require_sigs);
+    let s = toml_ok(
+        "root = \"/x\"\n[binary-caches]\nsubstituters = [\"https://c.example\", \"file:///srv/c\"]\n\
+         trusted-public-keys = [\"c-1:Bsb2+N3OKutsDQ6rf7HDuiALNUCUmsAgX1ZEr0bbFXk=\"]\nrequire-sigs = false\n\
+         secret-key-files = [\"keys/c.sk\"]\nhttp-connections = 4\nnarinfo-cache-negative-ttl = 0\n",
+    );
+    assert_eq!(s.caches.substituters.len(), 2);
+    assert!(!s.caches.require_sigs);
+    assert_eq!(s.caches.secret_key_files, [p("/etc/overlay/keys/c.sk")]);
+    assert_eq!(s.caches.http_connections, 4);
+    assert_eq!(s.caches.narinfo_cache_negative_ttl, 0);
+    let e = toml_err("root = \"/x\"\n[binary-caches]\ntrusted-public-keys = [\"nokey\"]\n");
+    assert!(e.contains("binary-caches.trusted-public-keys") && e.contains("no ':'"), "{e}");
+    let e = toml_err("root = \"/x\"\n[binary-caches]\nsubstituters = [\"s3://bucket\"]\n");
+    assert!(e.contains("binary-caches.substituters") && e.contains("s3://bucket"), "{e}");
+    let e = toml_err("root = \"/x\"\n[binary-caches]\nrequire-sig = true\n");
+    assert!(e.contains("did you mean `require-sigs`"), "{e}");
+    let e = toml_err("[lower-store]\nroot = \"/l\"\n[lower-store.binary-caches]\nrequire-sigs = true\n");
     assert!(e.contains("only allowed in the top-level"), "{e}");
 }
