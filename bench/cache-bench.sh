@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/cache-bench.sh: `overlay-store copy --from` against stock `nix copy --from`, side by
 # side in one run, from the same binary cache served over HTTP on loopback by a plain file
-# server (python3 -m http.server), into a fresh plain local store each run. Then narinfo
+# server (Python's http.server, threaded, with a real listen backlog), into a fresh plain local store each run. Then narinfo
 # throughput of `serve --http` against the same file server on the same narinfos.
 #
 #   bench/cache-bench.sh            # 1,000 paths, 500 MiB, zstd, 3 runs each
@@ -9,7 +9,7 @@
 #
 # Environment: N (paths), MIB (total MiB), RUNS, COMP (cache compression: zstd, xz, none),
 # BIN (our binary; default the release build), OUT (append the report to this file).
-# Needs nix-store/nix (Nix 2.8) and python3. Prints a Markdown table.
+# Needs nix-store/nix (Nix 2.8), python3 and wrk. Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000}
@@ -56,7 +56,16 @@ CACHE_BYTES=$(du -sb "$W/cache" | cut -f1)
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(port)
-python3 -m http.server --bind 127.0.0.1 "$PORT" --directory "$W/cache" >/dev/null 2>&1 &
+# http.server's listen backlog of 5 drops SYNs under parallel clients (a 1 s retransmit
+# each), which no real cache server does: the same handler with a backlog of 512.
+python3 - "$PORT" "$W/cache" >/dev/null 2>&1 <<'PY' &
+import functools, http.server, sys
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 512
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])
+handler.log_message = lambda *a: None
+Server(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
+PY
 PIDS+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null 2>&1 && break; sleep 0.1; done
 URL=http://127.0.0.1:$PORT
@@ -83,37 +92,36 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1
 MO=$(median "${ours_times[@]}")
 MN=$(median "${nix_times[@]}")
 
-# Narinfo throughput: every narinfo once, 8 clients in parallel, from serve --http and
-# from the file server holding Nix's narinfos for the same paths.
+# Narinfo throughput: serve --http (narinfos made from the database) against the file
+# server holding Nix's narinfo files for the same paths.
 SPORT=$(port)
 "$BIN" --store "local?root=$W/src" serve --http "127.0.0.1:$SPORT" 2>"$W/serve.log" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q serving "$W/serve.log" 2>/dev/null && break; sleep 0.1; done
 for p in "${PATHS[@]}"; do b=${p#/nix/store/}; echo "${b%%-*}.narinfo"; done > "$W/narinfos"
-fetch_all() { # base URL: seconds for every narinfo, 8 at a time, 4 rounds
-    local t0 t1
-    t0=$(now)
-    for _ in 1 2 3 4; do
-        xargs -P 8 -n 100 sh -c 'for f in "$@"; do curl -sf -o /dev/null "'"$1"'/$f" || exit 1; done' sh < "$W/narinfos"
-    done
-    t1=$(now)
-    echo "$t1 - $t0" | bc
+{
+    echo 'local names = {}'
+    echo "for line in io.lines(\"$W/narinfos\") do names[#names + 1] = \"/\" .. line end"
+    echo 'local i = 0'
+    echo 'request = function() i = i % #names + 1; return wrk.format("GET", names[i]) end'
+} > "$W/narinfos.lua"
+rps() { # base URL: narinfo requests per second, 2 threads x 8 keep-alive connections, 5 s
+    wrk -t 2 -c 8 -d 5s -s "$W/narinfos.lua" "$1" | awk '/Requests\/sec/ {print $2}'
 }
-TS=$(fetch_all "http://127.0.0.1:$SPORT")
-TF=$(fetch_all "$URL")
-REQ=$((N * 4))
+TS=$(rps "http://127.0.0.1:$SPORT")
+TF=$(rps "$URL")
 
 report=$(cat <<EOF
 ## Binary caches (bench/cache-bench.sh, $(date -u +%Y-%m-%d))
 
 $N paths, $((NAR_BYTES >> 20)) MiB of NARs, cache compression \`$COMP\` ($((CACHE_BYTES >> 20)) MiB),
-served by \`python3 -m http.server\` on loopback; into a fresh plain local store; median of $RUNS
+served by Python's \`http.server\` (threaded, backlog 512) on loopback; into a fresh plain local store; median of $RUNS
 (ours ${ours_times[*]} s; Nix ${nix_times[*]} s). $(nproc) cores.
 
 | what | overlay-store | Nix 2.8 / file server | ratio | target |
 |---|---|---|---|---|
 | \`copy --from\` vs \`nix copy --from\` | $MO s | $MN s | $(echo "scale=2; $MN / $MO" | bc)x | ≥ 1.5x |
-| narinfo GETs ($REQ, 8 clients, curl per request): \`serve --http\` vs file server | $TS s | $TF s | $(echo "scale=2; $TF / $TS" | bc)x | — |
+| narinfo requests/s (wrk, 8 connections, each path's narinfo in turn): \`serve --http\` vs the file server | $TS | $TF | $(echo "scale=2; $TS / $TF" | bc)x | — |
 EOF
 )
 echo "$report"
