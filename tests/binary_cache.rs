@@ -519,3 +519,47 @@ fn a_fleet_of_three_overlays_shares_one_lower_store_and_one_cache() {
         assert_eq!(lower_fp(), before, "the shared lower store is unchanged");
     });
 }
+
+#[test]
+fn serve_substitutes_what_a_client_asks_for_from_the_spec_s_substituters() {
+    if !have_nix() {
+        return;
+    }
+    with_private_scratch(|base| {
+        let sc = Scratch::new();
+        let src = source(&sc, &base);
+        let top = src.top.clone();
+        let cache = base.join("cache");
+        nix_publish(&sc, &src, &cache, &format!("compression=zstd&secret-key={}", src.sk), &[&top]);
+        let (l, cfg, _dep) = overlay(&sc, &base.join("o"), &src, &format!("substituters = [\"file://{}\"]", cache.display()));
+        let socket = base.join("sock/served.socket");
+        let log = base.join("serve.log");
+        let mut child = Command::new(BIN)
+            .args(["--config", &cfg, "serve", "--socket"])
+            .arg(&socket)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while !fs::read_to_string(&log).unwrap_or_default().contains("serving ") {
+            assert!(t.elapsed() < Duration::from_secs(20), "serve did not start: {}", fs::read_to_string(&log).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let client = |args: &[&str]| {
+            let mut a = vec!["--store", "daemon"];
+            a.extend_from_slice(args);
+            nix_env(NIX_CONFIG, &sc, "nix-store", &a, None, &[("NIX_DAEMON_SOCKET_PATH", socket.as_os_str())])
+        };
+        assert_ne!(client(&["--check-validity", &top]).code, 0, "not there before");
+        let r = client(&["--realise", &top]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(r.code, 0, "realise through serve: {}\nserve log: {}", r.stderr, fs::read_to_string(&log).unwrap_or_default());
+        assert!(!r.stderr.contains("don't know how to build"), "QueryMissing says it will substitute: {}", r.stderr);
+        assert!(l.upper().join(base_of(&top)).exists(), "substituted into the upper layer");
+        ours(&cfg, &["verify", "--check-contents"]).ok();
+    });
+}

@@ -125,6 +125,50 @@ pub fn copy_from(
     Ok(report)
 }
 
+impl SubstituteOptions {
+    /// The spec's `[binary-caches]` settings; the narinfo cache is in the store's state.
+    pub fn from_spec(spec: &crate::spec::StoreSpec) -> SubstituteOptions {
+        let c = &spec.caches;
+        SubstituteOptions {
+            trusted_keys: super::trusted_keys(c),
+            require_sigs: c.require_sigs,
+            jobs: c.http_connections as usize,
+            attempts: c.download_attempts as u32,
+            narinfo_cache: NarinfoCache::new(Some(spec.state.join("narinfo-cache")), c.narinfo_cache_positive_ttl, c.narinfo_cache_negative_ttl),
+        }
+    }
+}
+
+/// The spec's `substituters` as transports.
+pub fn substituters(spec: &crate::spec::StoreSpec) -> Result<Vec<Transport>> {
+    let opts = super::TransportOptions { stall_timeout_secs: spec.caches.stalled_download_timeout };
+    spec.caches.substituters.iter().map(|u| Ok(Transport::new(super::CacheUrl::parse(u)?, opts))).collect()
+}
+
+/// Substitutes the closures of `roots` from the spec's `substituters` (what `serve` does
+/// for a client asking for a path it lacks). `Ok(None)` when there are none.
+pub fn from_spec(target: &mut dyn IngestTarget, spec: &crate::spec::StoreSpec, roots: &[StorePath]) -> Result<Option<Report>> {
+    if spec.caches.substituters.is_empty() {
+        return Ok(None);
+    }
+    let caches = substituters(spec)?;
+    copy_from(target, &caches, roots, &SubstituteOptions::from_spec(spec), &()).map(Some)
+}
+
+/// Which of `paths` the spec's substituters have, with their NAR and file sizes (what
+/// `QueryMissing` reports as `willSubstitute`). Errors count as "not available".
+pub fn available(spec: &crate::spec::StoreSpec, sd: &StoreDir, paths: &[StorePath]) -> Vec<(StorePath, u64, u64)> {
+    let Ok(caches) = substituters(spec) else { return Vec::new() };
+    if caches.is_empty() {
+        return Vec::new();
+    }
+    let opts = SubstituteOptions::from_spec(spec);
+    paths
+        .iter()
+        .filter_map(|p| find_narinfo(&caches, p, &opts, sd).ok().map(|(_, i)| (p.clone(), i.nar_size, i.file_size.unwrap_or(i.nar_size))))
+        .collect()
+}
+
 /// A cache for another store directory has paths that are not ours.
 fn check_cache_info(cache: &Transport, sd: &StoreDir) -> Result<()> {
     let text = cache.get_text("nix-cache-info", 1 << 16).map_err(|f| cache.fetch_error("nix-cache-info", f))?;

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use overlay_store::cache::http_server::{HttpOptions, HttpServer};
 use overlay_store::cache::publish::{self, PublishOptions, PublishProgress};
 use overlay_store::cache::substitute::{self, Progress, SubstituteOptions};
-use overlay_store::cache::{self, CacheError, CacheUrl, Compression, NarinfoCache, Transport, TransportOptions};
+use overlay_store::cache::{self, CacheError, CacheUrl, Compression, Transport, TransportOptions};
 use overlay_store::format::signing::SecretKey;
 use overlay_store::format::StorePath;
 use overlay_store::spec::StoreSpec;
@@ -147,17 +147,8 @@ fn copy_from(opened: &mut Opened, spec: &StoreSpec, args: &CopyArgs) -> CliResul
     let caches = urls.iter().map(|u| open_cache(u, spec)).collect::<CliResult<Vec<_>>>()?;
     let sd = opened.store().store_dir().clone();
     let roots = store_paths(&sd, &args.paths)?;
-    let opts = SubstituteOptions {
-        trusted_keys: cache::trusted_keys(&spec.caches),
-        require_sigs: spec.caches.require_sigs && !args.no_check_sigs,
-        jobs: spec.caches.http_connections as usize,
-        attempts: spec.caches.download_attempts as u32,
-        narinfo_cache: NarinfoCache::new(
-            Some(spec.state.join("narinfo-cache")),
-            spec.caches.narinfo_cache_positive_ttl,
-            spec.caches.narinfo_cache_negative_ttl,
-        ),
-    };
+    let mut opts = SubstituteOptions::from_spec(spec);
+    opts.require_sigs &= !args.no_check_sigs;
     let bar = FetchBar { bar: Bar::new(args.show_progress, "fetching"), done: 0.into(), total: 0.into() };
     let result = substitute::copy_from(opened.ingest(), &caches, &roots, &opts, &bar);
     bar.bar.finish();

@@ -38,6 +38,7 @@ fn parse_target(conn: &Conn, s: &str) -> Result<Target, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Status {
     Built = 0,
+    Substituted = 1,
     AlreadyValid = 2,
     PermanentFailure = 3,
     MiscFailure = 9,
@@ -56,7 +57,7 @@ pub(super) struct Outcome {
 
 impl Outcome {
     pub fn ok(&self) -> bool {
-        matches!(self.status, Status::Built | Status::AlreadyValid)
+        matches!(self.status, Status::Built | Status::Substituted | Status::AlreadyValid)
     }
 }
 
@@ -160,7 +161,11 @@ fn build_one(conn: &mut Conn, t: &Target, start: u64) -> Outcome {
                 stop: now(),
                 built: Vec::new(),
             },
-            Ok(false) => fail(Status::MiscFailure, format!("path '{shown}' is not valid, and this store has no substituters")),
+            Ok(false) => match conn.substitute(&t.path) {
+                Ok(true) => Outcome { target: t.text.clone(), status: Status::Substituted, error: String::new(), start, stop: now(), built: Vec::new() },
+                Ok(false) => fail(Status::MiscFailure, format!("path '{shown}' is not valid, and this store has no substituters")),
+                Err(e) => fail(Status::MiscFailure, e),
+            },
             Err(e) => fail(Status::MiscFailure, e.to_string()),
         };
     };

@@ -25,6 +25,21 @@ use crate::store::{Opened, PathInfo, StoreError};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
+impl Conn<'_> {
+    /// Fetches `path`'s closure from the spec's `substituters`: `Ok(false)` when there
+    /// are none, the cache's refusal as a message otherwise.
+    pub(super) fn substitute(&mut self, path: &StorePath) -> Result<bool, String> {
+        match crate::cache::substitute::from_spec(self.store.ingest(), self.spec, std::slice::from_ref(path)) {
+            Ok(None) => Ok(false),
+            Ok(Some(report)) => {
+                tracing::info!("substituted {} path(s) for '{}'", report.fetched.len(), self.store_dir().display(path));
+                Ok(true)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 /// Opens the store a spec describes for one connection, with its policy.
 pub(super) fn open_store(spec: &StoreSpec) -> Result<Opened, StoreError> {
     let policy: Box<dyn crate::store::overlay::OverlayPolicy> = match (&spec.policy, spec.kind) {
@@ -349,13 +364,23 @@ impl Conn<'_> {
             }
             op::QUERY_MISSING => {
                 let targets = read_string_list(&mut self.r)?;
-                let missing = super::build::query_missing(self, &targets)?;
+                let mut missing = super::build::query_missing(self, &targets)?;
+                let unknown: Vec<StorePath> = missing.unknown.iter().cloned().collect();
+                let substitutable = crate::cache::substitute::available(self.spec, &self.store_dir(), &unknown);
+                let mut will_substitute = BTreeSet::new();
+                let (mut download, mut nar) = (0u64, 0u64);
+                for (p, nar_size, file_size) in substitutable {
+                    missing.unknown.remove(&p);
+                    will_substitute.insert(p);
+                    nar += nar_size;
+                    download += file_size;
+                }
                 self.last()?;
                 self.write_path_set(&missing.will_build)?;
-                write_u64(&mut self.w, 0)?; // willSubstitute: no substituters
+                self.write_path_set(&will_substitute)?;
                 self.write_path_set(&missing.unknown)?;
-                write_u64(&mut self.w, 0)?; // downloadSize
-                write_u64(&mut self.w, 0)?; // narSize
+                write_u64(&mut self.w, download)?;
+                write_u64(&mut self.w, nar)?;
             }
             op::SET_OPTIONS => {
                 self.set_options()?;
@@ -416,10 +441,16 @@ impl Conn<'_> {
             op::ENSURE_PATH => {
                 let p = self.read_path()?;
                 if !self.store.store().is_valid(&p)? {
-                    return Err(Failure::Op(format!(
-                        "path '{}' is not valid, and this store has no substituters",
-                        hl(&self.store_dir().display(&p))
-                    )));
+                    match self.substitute(&p) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return Err(Failure::Op(format!(
+                                "path '{}' is not valid, and this store has no substituters",
+                                hl(&self.store_dir().display(&p))
+                            )))
+                        }
+                        Err(e) => return Err(Failure::Op(e)),
+                    }
                 }
                 self.last()?;
                 write_u64(&mut self.w, 1)?;
