@@ -253,4 +253,20 @@ CA: fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw
         assert_eq!(CacheInfo::parse(&i.render()), i);
         assert_eq!(CacheInfo::parse("StoreDir: /nix/store\n").render(), "StoreDir: /nix/store\n");
     }
+
+    proptest::proptest! {
+        /// Hostile text never panics, and what parses renders to text that parses the same.
+        #[test]
+        fn any_text_parses_or_fails_cleanly(lines in proptest::collection::vec("[A-Za-z]{0,10}(: )?[ -~]{0,60}", 0..16), pick in 0usize..16) {
+            let sd = StoreDir::default();
+            let mut text: Vec<String> = BUILT.lines().map(str::to_string).collect();
+            // Replace one of Nix's lines with a random one, or append random lines.
+            let at = pick % (text.len() + 1);
+            text.splice(at..(at + 1).min(text.len()), lines);
+            let text = text.join("\n");
+            if let Ok(info) = NarInfo::parse(&text, &sd) {
+                proptest::prop_assert_eq!(NarInfo::parse(&info.render(&sd), &sd).unwrap(), info);
+            }
+        }
+    }
 }
