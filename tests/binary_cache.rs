@@ -356,10 +356,27 @@ fn tampered_unsigned_and_misbehaving_caches_change_nothing() {
             assert!(t.elapsed() < Duration::from_secs(50), "{mode:?} took {:?}", t.elapsed());
             refused(r, &format!("{mode:?}"), &http.url());
         }
+        // kill -9 in the middle of a download: nothing is registered, and the re-run works.
+        http.set(Mode::Hang);
+        let mut child = Command::new(BIN)
+            .args(["--config", &cfg, "copy", "--from", &http.url(), &top])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(count_rows(&upper_db(&l)), rows_before, "killed: nothing registered");
         // And then the honest cache works, so nothing above left debris in the way.
         http.set(Mode::Honest);
         ours(&cfg, &["copy", "--from", &http.url(), &top]).ok();
         ours(&cfg, &["verify", "--check-contents"]).ok();
+        // What the killed run left under temporary names goes with the next GC.
+        ours(&cfg, &["gc"]).ok();
+        let debris: Vec<String> = l.upper_entries().into_iter().filter(|e| e.contains("tmp-overlay-store")).collect();
+        assert!(debris.is_empty(), "{debris:?}");
     });
 }
 

@@ -154,7 +154,7 @@ mod tests {
         assert!(!pk.verifies(&fp, &nix_sig.replace("test-1:", "test-2:")));
         let other = SecretKey::from_seed("test-1", [7; 32]);
         assert!(!pk.verifies(&fp, &other.sign(&fp)));
-        assert_eq!(valid_signatures(&[pk.clone()], &fp, &[nix_sig.to_string(), other.sign(&fp)].into()), 1);
+        assert_eq!(valid_signatures(std::slice::from_ref(&pk), &fp, &[nix_sig.to_string(), other.sign(&fp)].into()), 1);
     }
 
     #[test]
