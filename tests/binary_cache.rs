@@ -375,6 +375,18 @@ fn tampered_unsigned_and_misbehaving_caches_change_nothing() {
         ours(&cfg, &["verify", "--check-contents"]).ok();
         // What the killed run left under temporary names goes with the next GC.
         ours(&cfg, &["gc"]).ok();
+        // Several substituters: an unusable one (unsigned, unreachable) is skipped with a
+        // warning, as Nix does, and the next one serves.
+        let text = fs::read_to_string(&cfg).unwrap();
+        let list = format!(
+            "[binary-caches]\nsubstituters = [\"file://{}\", \"http://127.0.0.1:9\", \"file://{}\"]\n",
+            unsigned.display(),
+            good.display()
+        );
+        let cfg2 = write(&Path::new(&cfg).with_file_name("several.toml"), &text.replacen("[binary-caches]\n", &list, 1));
+        let r = ours(&cfg2, &["copy", "--json", &top]).ok();
+        assert!(r.out().contains(&good.display().to_string()), "fetched from the good cache: {}", r.out());
+        assert!(r.stderr.contains("trying the next substituter") || r.stderr.contains("not using this substituter"), "{}", r.stderr);
         let debris: Vec<String> = l.upper_entries().into_iter().filter(|e| e.contains("tmp-overlay-store")).collect();
         assert!(debris.is_empty(), "{debris:?}");
     });

@@ -36,6 +36,8 @@ pub enum CacheError {
     Untrusted { cache: String, path: String, what: String },
     #[error("NAR of '{path}' from binary cache '{cache}': {what}")]
     Nar { cache: String, path: String, what: String },
+    #[error("binary cache '{cache}' holds paths of the store directory '{theirs}', not '{ours}'")]
+    WrongStoreDir { cache: String, theirs: String, ours: String },
     #[error("path '{path}' is in none of the binary caches ({caches})")]
     Missing { path: String, caches: String },
     #[error("key file '{file}': {source}")]

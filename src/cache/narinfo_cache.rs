@@ -67,7 +67,9 @@ impl NarinfoCache {
             Some(text) => (format!("{hash_part}.narinfo"), format!("{hash_part}.missing"), text.as_bytes()),
             None => (format!("{hash_part}.missing"), format!("{hash_part}.narinfo"), &b""[..]),
         };
-        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}", std::process::id()));
         if fs::write(&tmp, body).is_ok() && fs::rename(&tmp, dir.join(&name)).is_ok() {
             let _ = fs::remove_file(dir.join(other));
         } else {

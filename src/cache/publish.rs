@@ -103,10 +103,7 @@ fn ensure_cache_info(cache: &Transport, sd: &StoreDir) -> Result<()> {
         Some(text) => {
             let info = CacheInfo::parse(&text);
             if info.store_dir != sd.as_str() {
-                return Err(CacheError::Url {
-                    url: cache.url().base.clone(),
-                    what: format!("it is a cache for the store directory '{}', not '{}'", info.store_dir, sd.as_str()),
-                });
+                return Err(CacheError::WrongStoreDir { cache: cache.url().base.clone(), theirs: info.store_dir, ours: sd.as_str().to_string() });
             }
             Ok(())
         }

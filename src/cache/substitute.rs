@@ -83,13 +83,29 @@ pub fn copy_from(
     let mut staging = Staging::new(target);
     let sd = staging.store_dir();
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs.max(1))
+        .num_threads(opts.jobs.clamp(1, 64))
         .thread_name(|i| format!("substitute-{i}"))
         .build()
         .map_err(|e| CacheError::Store(crate::store::StoreError::Other(format!("cannot start download threads: {e}"))))?;
-    for cache in caches {
-        check_cache_info(cache, &sd)?;
+    let mut usable = Vec::new();
+    let mut first_error = None;
+    for (i, cache) in caches.iter().enumerate() {
+        match check_cache_info(cache, &sd) {
+            Ok(()) => usable.push(i),
+            Err(e) if caches.len() > 1 => {
+                tracing::warn!("{e}; not using this substituter");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
+    if usable.is_empty() {
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+    }
+    let caches: Vec<&Transport> = usable.iter().map(|&i| &caches[i]).collect();
+    let caches = &caches[..];
     let (plan, present) = plan(&mut staging, caches, roots, opts, &pool, &sd)?;
     progress.planned(plan.len() as u64, plan.iter().map(|(_, i)| i.nar_size).sum());
 
@@ -119,7 +135,8 @@ pub fn copy_from(
             sigs: info.sigs,
             ca: info.ca,
         };
-        staging.adopt(info, slot)?;
+        let (shown, cache) = (sd.display(&info.path), caches[ci].url().base.clone());
+        staging.adopt(info, slot).map_err(|e| CacheError::Nar { cache, path: shown, what: e.to_string() })?;
     }
     staging.commit()?;
     Ok(report)
@@ -165,7 +182,7 @@ pub fn available(spec: &crate::spec::StoreSpec, sd: &StoreDir, paths: &[StorePat
     let opts = SubstituteOptions::from_spec(spec);
     paths
         .iter()
-        .filter_map(|p| find_narinfo(&caches, p, &opts, sd).ok().map(|(_, i)| (p.clone(), i.nar_size, i.file_size.unwrap_or(i.nar_size))))
+        .filter_map(|p| find_narinfo(&caches.iter().collect::<Vec<_>>(), p, &opts, sd).ok().map(|(_, i)| (p.clone(), i.nar_size, i.file_size.unwrap_or(i.nar_size))))
         .collect()
 }
 
@@ -175,10 +192,7 @@ fn check_cache_info(cache: &Transport, sd: &StoreDir) -> Result<()> {
     if let Some(text) = text {
         let info = CacheInfo::parse(&text);
         if info.store_dir != sd.as_str() {
-            return Err(CacheError::Url {
-                url: cache.url().base.clone(),
-                what: format!("it holds paths of the store directory '{}', not '{}'", info.store_dir, sd.as_str()),
-            });
+            return Err(CacheError::WrongStoreDir { cache: cache.url().base.clone(), theirs: info.store_dir, ours: sd.as_str().to_string() });
         }
     }
     Ok(())
@@ -188,7 +202,7 @@ type Plan = Vec<(usize, NarInfo)>;
 
 fn plan(
     staging: &mut Staging,
-    caches: &[Transport],
+    caches: &[&Transport],
     roots: &[StorePath],
     opts: &SubstituteOptions,
     pool: &rayon::ThreadPool,
@@ -221,33 +235,71 @@ fn plan(
     Ok((planned, present))
 }
 
-/// The first cache's checked narinfo for `path`.
-fn find_narinfo(caches: &[Transport], path: &StorePath, opts: &SubstituteOptions, sd: &StoreDir) -> Result<(usize, NarInfo)> {
+/// The first cache's checked narinfo for `path`. A cache whose narinfo is unusable
+/// (unsigned, malformed, for another path) is skipped with a warning, as Nix does, and
+/// its error is reported only if no later cache has a good one.
+fn find_narinfo(caches: &[&Transport], path: &StorePath, opts: &SubstituteOptions, sd: &StoreDir) -> Result<(usize, NarInfo)> {
     let key = narinfo_name(path);
+    let mut first_error = None;
     for (ci, cache) in caches.iter().enumerate() {
         let base = &cache.url().base;
-        let text = match opts.narinfo_cache.lookup(base, path.hash_part()) {
-            Cached::Narinfo(t) => Some(t),
-            Cached::Missing => None,
+        let (text, fresh) = match opts.narinfo_cache.lookup(base, path.hash_part()) {
+            Cached::Narinfo(t) => (Some(t), false),
+            Cached::Missing => (None, false),
             Cached::Unknown => {
-                let t = with_retries(opts.attempts, || cache.get_text(&key, MAX_NARINFO_BYTES as u64)).map_err(|f| cache.fetch_error(&key, f))?;
-                opts.narinfo_cache.remember(base, path.hash_part(), t.as_deref());
-                t
+                let fetched = with_retries(opts.attempts, || cache.get_text(&key, MAX_NARINFO_BYTES as u64));
+                match fetched {
+                    Ok(t) => (t, true),
+                    Err(f) => {
+                        let e = CacheError::Narinfo { cache: base.clone(), path: sd.display(path), what: f.what };
+                        if caches.len() > 1 {
+                            tracing::warn!("{e}; trying the next substituter");
+                        }
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                }
             }
         };
-        let Some(text) = text else { continue };
-        let bad = |what: String| CacheError::Narinfo { cache: base.clone(), path: sd.display(path), what };
-        let info = NarInfo::parse(&text, sd).map_err(|e| bad(e.to_string()))?;
-        if info.path != *path {
-            return Err(bad(format!("it describes '{}' instead", sd.display(&info.path))));
+        let Some(text) = text else {
+            if fresh {
+                opts.narinfo_cache.remember(base, path.hash_part(), None);
+            }
+            continue;
+        };
+        match check_narinfo(&text, path, opts, sd, base) {
+            Ok(info) => {
+                // Only a narinfo that parsed and names the path is worth remembering.
+                if fresh {
+                    opts.narinfo_cache.remember(base, path.hash_part(), Some(&text));
+                }
+                return Ok((ci, info));
+            }
+            Err(e) => {
+                if caches.len() > 1 {
+                    tracing::warn!("{e}; trying the next substituter");
+                }
+                first_error.get_or_insert(e);
+            }
         }
-        if Compression::parse(&info.compression).is_none() {
-            return Err(bad(format!("compression '{}' is not supported (none, xz, zstd, bzip2)", info.compression)));
-        }
-        check_trust(&info, opts, sd).map_err(|what| CacheError::Untrusted { cache: base.clone(), path: sd.display(path), what })?;
-        return Ok((ci, info));
     }
-    Err(CacheError::Missing { path: sd.display(path), caches: caches.iter().map(|c| c.url().base.clone()).collect::<Vec<_>>().join(", ") })
+    Err(first_error.unwrap_or_else(|| CacheError::Missing {
+        path: sd.display(path),
+        caches: caches.iter().map(|c| c.url().base.clone()).collect::<Vec<_>>().join(", "),
+    }))
+}
+
+fn check_narinfo(text: &str, path: &StorePath, opts: &SubstituteOptions, sd: &StoreDir, base: &str) -> Result<NarInfo> {
+    let bad = |what: String| CacheError::Narinfo { cache: base.to_string(), path: sd.display(path), what };
+    let info = NarInfo::parse(text, sd).map_err(|e| bad(e.to_string()))?;
+    if info.path != *path {
+        return Err(bad(format!("it describes '{}' instead", sd.display(&info.path))));
+    }
+    if Compression::parse(&info.compression).is_none() {
+        return Err(bad(format!("compression '{}' is not supported (none, xz, zstd, bzip2)", info.compression)));
+    }
+    check_trust(&info, opts, sd).map_err(|what| CacheError::Untrusted { cache: base.to_string(), path: sd.display(path), what })?;
+    Ok(info)
 }
 
 /// Signed by a trusted key, or content-addressed (the NAR is checked against the

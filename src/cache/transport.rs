@@ -64,7 +64,9 @@ impl Transport {
         match &self.url.location {
             Location::Dir(dir) => {
                 let path = dir.join(key);
-                let file = match fs::File::open(&path) {
+                // O_NONBLOCK: a FIFO put in the cache must not block the open.
+                use std::os::unix::fs::OpenOptionsExt;
+                let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path) {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(permanent(format!("'{}': {e}", path.display()))),
@@ -123,7 +125,10 @@ impl Transport {
                 let parent = dest.parent().map(PathBuf::from).unwrap_or_else(|| dir.clone());
                 fs::create_dir_all(&parent).map_err(|e| err(format!("'{}': {e}", parent.display())))?;
                 let mut tmp = tempfile_in(&parent).map_err(|e| err(format!("'{}': {e}", parent.display())))?;
-                tmp.1.write_all(data).and_then(|_| tmp.1.sync_data()).map_err(|e| err(format!("'{}': {e}", tmp.0.display())))?;
+                if let Err(e) = tmp.1.write_all(data).and_then(|_| tmp.1.sync_data()) {
+                    let _ = fs::remove_file(&tmp.0);
+                    return Err(err(format!("'{}': {e}", tmp.0.display())));
+                }
                 set_readable(&tmp.1);
                 fs::rename(&tmp.0, &dest).map_err(|e| {
                     let _ = fs::remove_file(&tmp.0);

@@ -74,7 +74,8 @@ impl NarInfo {
                     }
                     url = Some(value.to_string());
                 }
-                "Compression" => compression = Some(value.to_string()),
+                // Nix reads an empty compression as its old default.
+                "Compression" => compression = Some(if value.is_empty() { "bzip2" } else { value }.to_string()),
                 "FileHash" => file_hash = Some(hash(value)?),
                 "FileSize" => file_size = Some(number(value)?),
                 "NarHash" => nar_hash = Some(hash(value)?),

@@ -28,6 +28,8 @@ pub enum StorePathError {
     InvalidHashPart(String),
     #[error("invalid hash part '{0}'")]
     BadHashPartQuery(String),
+    #[error("content-addressed path '{0}' cannot have these references: {1}")]
+    ReferencesNotAddressed(String, &'static str),
 }
 
 /// The logical store directory (`/nix/store`) that store paths are named in.
@@ -131,8 +133,14 @@ impl StoreDir {
         refs: &BTreeSet<StorePath>,
         self_ref: bool,
     ) -> Result<StorePath, StorePathError> {
+        // References the address does not hash would be unproven claims: refuse them, as
+        // Nix does, rather than name a path whatever references it is given.
         match ca {
+            ContentAddress::Text(_) if self_ref => Err(StorePathError::ReferencesNotAddressed(name.into(), "a text path cannot refer to itself")),
             ContentAddress::Text(h) => self.make_text_path(name, h, refs),
+            ContentAddress::Fixed(m, h) if !(*m == FileIngestion::Recursive && h.algo() == HashAlgo::Sha256) && (self_ref || !refs.is_empty()) => {
+                Err(StorePathError::ReferencesNotAddressed(name.into(), "only NAR-hashed SHA-256 paths may have references"))
+            }
             ContentAddress::Fixed(m, h) => self.make_fixed_output_path(name, *m, h, refs, self_ref),
         }
     }
@@ -425,5 +433,18 @@ mod tests {
             ContentAddress::parse("garbage").unwrap_err().to_string(),
             "not a content address because it is not in the form '<prefix>:<rest>': garbage"
         );
+    }
+
+    #[test]
+    fn a_content_address_never_names_a_path_with_references_it_does_not_hash() {
+        let h = sha256("1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13");
+        let other = refs(&["/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt"]);
+        let flat = ContentAddress::Fixed(FileIngestion::Flat, h);
+        assert!(sd().make_path_from_ca("t", &flat, &BTreeSet::new(), false).is_ok());
+        assert!(sd().make_path_from_ca("t", &flat, &other, false).is_err());
+        assert!(sd().make_path_from_ca("t", &flat, &BTreeSet::new(), true).is_err());
+        assert!(sd().make_path_from_ca("t", &ContentAddress::Text(h), &other, true).is_err());
+        assert!(sd().make_path_from_ca("t", &ContentAddress::Text(h), &other, false).is_ok());
+        assert!(sd().make_path_from_ca("t", &ContentAddress::Fixed(FileIngestion::Recursive, h), &other, true).is_ok());
     }
 }
