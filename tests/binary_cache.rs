@@ -52,15 +52,47 @@ impl HttpFiles {
                     if reader.read_line(&mut line).is_err() {
                         return;
                     }
+                    let mut length = 0usize;
+                    let mut chunked = false;
                     loop {
                         let mut h = String::new();
                         if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                             break;
                         }
+                        let lower = h.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
                     }
                     let mut parts = line.split_whitespace();
                     let method = parts.next().unwrap_or("").to_string();
                     let path = parts.next().unwrap_or("/").trim_start_matches('/').to_string();
+                    if method == "PUT" {
+                        // Uploads (copy --to http://…): a plain or chunked body into the directory.
+                        let mut body = Vec::new();
+                        if chunked {
+                            loop {
+                                let mut size = String::new();
+                                reader.read_line(&mut size).unwrap();
+                                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                                let mut chunk = vec![0u8; n + 2];
+                                std::io::Read::read_exact(&mut reader, &mut chunk).unwrap();
+                                if n == 0 {
+                                    break;
+                                }
+                                body.extend_from_slice(&chunk[..n]);
+                            }
+                        } else {
+                            body.resize(length, 0);
+                            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+                        }
+                        let dest = dir.join(&path);
+                        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                        fs::write(dest, body).unwrap();
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        return;
+                    }
                     let Ok(body) = fs::read(dir.join(&path)) else {
                         let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                         return;
@@ -469,6 +501,15 @@ fn what_we_publish_and_serve_stock_nix_substitutes_with_signatures_checked() {
                 assert_eq!(fs::read_to_string(cache.join("nix-cache-info")).unwrap(), fs::read_to_string(nix_made.join("nix-cache-info")).unwrap());
             }
         }
+        // copy --to an HTTP cache: PUT uploads, which stock Nix then substitutes from.
+        let uploaded = base.join("uploaded");
+        fs::create_dir_all(&uploaded).unwrap();
+        let http = HttpFiles::start(uploaded.clone());
+        ours(&cfg, &["copy", "--to", &format!("{}?compression=zstd", http.url()), &top]).ok();
+        let dest = base.join("nix-dest-put");
+        nix_with(&trusted, &sc, "nix", &["copy", "--from", &http.url(), "--to", dest.to_str().unwrap(), &top], None).ok();
+        nix_store(&sc, &dest, &["--verify", "--check-contents"]).ok();
+
         // An untrusted key is refused by stock Nix: the check is real.
         let wrong = format!("{NIX_CONFIG}trusted-public-keys = {}\nrequire-sigs = true\n", src.pk);
         let refused_dest = base.join("nix-refused");

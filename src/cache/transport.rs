@@ -155,9 +155,16 @@ impl Transport {
                 let dest = dir.join(key);
                 fs::rename(file, &dest).map_err(|e| err(format!("'{}': {e}", dest.display())))
             }
-            Location::Http(_) => {
-                let data = fs::read(file).map_err(|e| err(format!("'{}': {e}", file.display())))?;
-                let r = self.put(key, &data);
+            Location::Http(base) => {
+                // Streamed from the file, so a big NAR is never held in memory.
+                let agent = self.agent.as_ref().expect("an HTTP cache has an agent");
+                let r = fs::File::open(file)
+                    .map_err(|e| err(format!("'{}': {e}", file.display())))
+                    .and_then(|f| agent.put(&format!("{base}/{key}")).send(f).map_err(|e| err(e.to_string())))
+                    .and_then(|resp| match resp.status().as_u16() {
+                        200..=299 => Ok(()),
+                        s => Err(err(format!("HTTP status {s}"))),
+                    });
                 let _ = fs::remove_file(file);
                 r
             }
