@@ -38,3 +38,13 @@ r=$(nix-store --add "$t/refs")
 nix-store --export $prev >"$exp/several.export"
 nix-store --export "$r" >"$exp/refs.export"
 echo "seeded $(ls "$nar" | wc -l) NARs and $(ls "$exp" | wc -l) export streams"
+# Narinfos and nix-cache-info as `nix copy --to file://` writes them, and a public key.
+ni=corpus/narinfo
+mkdir -p "$ni"
+for c in none xz zstd; do
+    NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = ' nix copy --to "file://$work/cache-$c?compression=$c" $prev "$r" 2>/dev/null
+    for f in "$work/cache-$c"/*.narinfo; do cp "$f" "$ni/$c-$(basename "$f")"; done
+done
+cp "$work/cache-none/nix-cache-info" "$ni/"
+nix-store --generate-binary-cache-key seed-1 "$work/sk" "$ni/public-key"
+echo "seeded $(ls "$ni" | wc -l) narinfo inputs"
