@@ -222,6 +222,7 @@ pub(super) enum Command {
         /// Accept paths without a trusted signature (Nix's --no-check-sigs).
         #[arg(long = "no-check-sigs")]
         no_check_sigs: bool,
+        /// Print a JSON report (what was fetched or published, what was there already).
         #[arg(long)]
         json: bool,
         #[arg(required = true)]
@@ -230,6 +231,7 @@ pub(super) enum Command {
     /// Sign paths with secret keys (`--key-file`, else `secret-key-files`); lower-only
     /// paths of an overlay are copied up first.
     Sign {
+        /// A secret key file (`generate-key`'s or `nix-store --generate-binary-cache-key`'s); repeatable.
         #[arg(long = "key-file", short = 'k', value_name = "FILE")]
         key_files: Vec<PathBuf>,
         #[arg(required = true)]

@@ -255,6 +255,9 @@ pub fn generate_key(name: &str, secret: &Path, public: &Path) -> CliResult {
     if name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace) {
         return Err(CliError::Usage(format!("'{name}' is not a key name: it may not be empty or hold ':' or spaces")));
     }
+    if secret == public {
+        return Err(CliError::Usage(format!("the secret and the public key need two files, not '{}' twice", secret.display())));
+    }
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
