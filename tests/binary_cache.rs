@@ -624,6 +624,9 @@ fn serve_substitutes_what_a_client_asks_for_from_the_spec_s_substituters() {
             nix_env(NIX_CONFIG, &sc, "nix-store", &a, None, &[("NIX_DAEMON_SOCKET_PATH", socket.as_os_str())])
         };
         assert_ne!(client(&["--check-validity", &top]).code, 0, "not there before");
+        // QueryMissing counts the whole missing closure (top and hello.txt; dep is lower).
+        let dry = client(&["--realise", "--dry-run", &top]);
+        assert!(dry.stderr.contains("these 2 paths will be fetched"), "{}", dry.stderr);
         let r = client(&["--realise", &top]);
         let _ = child.kill();
         let _ = child.wait();

@@ -172,18 +172,30 @@ pub fn from_spec(target: &mut dyn IngestTarget, spec: &crate::spec::StoreSpec, r
     copy_from(target, &caches, roots, &SubstituteOptions::from_spec(spec), &()).map(Some)
 }
 
-/// Which of `paths` the spec's substituters have, with their NAR and file sizes (what
-/// `QueryMissing` reports as `willSubstitute`). Errors count as "not available".
-pub fn available(spec: &crate::spec::StoreSpec, sd: &StoreDir, paths: &[StorePath]) -> Vec<(StorePath, u64, u64)> {
+/// What substituting each of `roots` would fetch: the missing part of its closure, with
+/// NAR and file sizes (`QueryMissing`'s `willSubstitute`). A root whose closure the
+/// substituters cannot supply (or that is refused) is left out: it is unknown.
+pub fn available(target: &mut dyn IngestTarget, spec: &crate::spec::StoreSpec, roots: &[StorePath]) -> Vec<(StorePath, u64, u64)> {
     let Ok(caches) = substituters(spec) else { return Vec::new() };
     if caches.is_empty() {
         return Vec::new();
     }
+    let caches: Vec<&Transport> = caches.iter().collect();
     let opts = SubstituteOptions::from_spec(spec);
-    paths
-        .iter()
-        .filter_map(|p| find_narinfo(&caches.iter().collect::<Vec<_>>(), p, &opts, sd).ok().map(|(_, i)| (p.clone(), i.nar_size, i.file_size.unwrap_or(i.nar_size))))
-        .collect()
+    let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(opts.jobs.clamp(1, 64)).build() else { return Vec::new() };
+    let mut staging = Staging::new(target);
+    let sd = staging.store_dir();
+    let mut out: Vec<(StorePath, u64, u64)> = Vec::new();
+    for root in roots {
+        if let Ok((plan, _)) = plan(&mut staging, &caches, std::slice::from_ref(root), &opts, &pool, &sd) {
+            for (_, i) in plan {
+                if !out.iter().any(|(p, _, _)| *p == i.path) {
+                    out.push((i.path.clone(), i.nar_size, i.file_size.unwrap_or(i.nar_size)));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A cache for another store directory has paths that are not ours.

@@ -366,7 +366,7 @@ impl Conn<'_> {
                 let targets = read_string_list(&mut self.r)?;
                 let mut missing = super::build::query_missing(self, &targets)?;
                 let unknown: Vec<StorePath> = missing.unknown.iter().cloned().collect();
-                let substitutable = crate::cache::substitute::available(self.spec, &self.store_dir(), &unknown);
+                let substitutable = crate::cache::substitute::available(self.store.ingest(), self.spec, &unknown);
                 let mut will_substitute = BTreeSet::new();
                 let (mut download, mut nar) = (0u64, 0u64);
                 for (p, nar_size, file_size) in substitutable {
