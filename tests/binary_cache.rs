@@ -253,7 +253,14 @@ fn nix_caches_fill_only_the_missing_part_with_nix_s_rows() {
             let oracle = base.join(format!("oracle-{i}"));
             let from = format!("file://{}", base.join(dir).display());
             let trusted = format!("trusted-public-keys = {}\nrequire-sigs = true\n", src.pk);
-            nix_with(&format!("{NIX_CONFIG}{trusted}"), &sc, "nix", &["copy", "--from", &src.for_nix(&from), "--to", oracle.to_str().unwrap(), &top], None).ok();
+            nix_with(
+                &format!("{NIX_CONFIG}{trusted}"),
+                &sc,
+                "nix",
+                &["copy", "--from", &src.for_nix(&from), "--to", oracle.to_str().unwrap(), &top],
+                None,
+            )
+            .ok();
 
             let ob = base.join(format!("o{i}"));
             let (l, cfg, dep) = overlay(&sc, &ob, &src, "");
@@ -299,11 +306,20 @@ fn tampered_unsigned_and_misbehaving_caches_change_nothing() {
         nix_publish(&sc, &src, &unsigned, "compression=none", &[&top]);
         // A second key: a cache signed by it is signed by nobody we trust.
         let other_sk = base.join("keys/other.sk");
-        ours("local?root=/nonexistent", &["generate-key", "other-1", other_sk.to_str().unwrap(), base.join("keys/other.pk").to_str().unwrap()]).ok();
+        ours(
+            "local?root=/nonexistent",
+            &["generate-key", "other-1", other_sk.to_str().unwrap(), base.join("keys/other.pk").to_str().unwrap()],
+        )
+        .ok();
         let foreign = base.join("foreign");
         nix_publish(&sc, &src, &foreign, &format!("compression=none&secret-key={}", other_sk.display()), &[&top]);
 
-        let (l, cfg, _dep) = overlay(&sc, &base.join("o"), &src, "download-attempts = 2\nstalled-download-timeout = 2\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0");
+        let (l, cfg, _dep) = overlay(
+            &sc,
+            &base.join("o"),
+            &src,
+            "download-attempts = 2\nstalled-download-timeout = 2\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0",
+        );
         let top_narinfo = format!("{}.narinfo", &base_of(&top)[..32]);
         let copy = |dir: &Path, extra: &[&str]| {
             let url = format!("file://{}", dir.display());
@@ -368,7 +384,8 @@ fn tampered_unsigned_and_misbehaving_caches_change_nothing() {
         let at = nb.windows(11).position(|w| w == b"/nix/store/").expect("a store path in the NAR") + 11;
         nb[at] = if nb[at] == b'0' { b'1' } else { b'0' };
         fs::write(&pnar, &nb).unwrap();
-        let stripped: String = ptext.lines().filter(|l| !l.starts_with("FileHash") && !l.starts_with("FileSize")).map(|l| format!("{l}\n")).collect();
+        let stripped: String =
+            ptext.lines().filter(|l| !l.starts_with("FileHash") && !l.starts_with("FileSize")).map(|l| format!("{l}\n")).collect();
         fs::write(&pni, stripped).unwrap();
         refused(copy(&plain, &["--no-check-sigs"]), "NAR hash mismatch", "NAR hash mismatch");
 
@@ -484,7 +501,14 @@ fn what_we_publish_and_serve_stock_nix_substitutes_with_signatures_checked() {
             let cache = base.join(format!("published-{i}"));
             ours(&cfg, &["copy", "--to", &format!("file://{}?{params}", cache.display()), &top]).ok();
             let dest = base.join(format!("nix-dest-{i}"));
-            nix_with(&trusted, &sc, "nix", &["copy", "--from", &src.for_nix(&format!("file://{}", cache.display())), "--to", dest.to_str().unwrap(), &top], None).ok();
+            nix_with(
+                &trusted,
+                &sc,
+                "nix",
+                &["copy", "--from", &src.for_nix(&format!("file://{}", cache.display())), "--to", dest.to_str().unwrap(), &top],
+                None,
+            )
+            .ok();
             nix_store(&sc, &dest, &["--verify", "--check-contents"]).ok();
             assert_eq!(nix_store(&sc, &dest, &["-q", "--requisites", &top]).ok().lines().len(), src.closure.len());
             if *params == "compression=none" {
@@ -498,7 +522,10 @@ fn what_we_publish_and_serve_stock_nix_substitutes_with_signatures_checked() {
                 // signature (copied from the cache it came from) as well as our own.
                 let without_cache1: String = mine.lines().filter(|l| !l.starts_with("Sig: cache-1:")).map(|l| format!("{l}\n")).collect();
                 assert_eq!(without_cache1, theirs);
-                assert_eq!(fs::read_to_string(cache.join("nix-cache-info")).unwrap(), fs::read_to_string(nix_made.join("nix-cache-info")).unwrap());
+                assert_eq!(
+                    fs::read_to_string(cache.join("nix-cache-info")).unwrap(),
+                    fs::read_to_string(nix_made.join("nix-cache-info")).unwrap()
+                );
             }
         }
         // copy --to an HTTP cache: PUT uploads, which stock Nix then substitutes from.
@@ -514,8 +541,25 @@ fn what_we_publish_and_serve_stock_nix_substitutes_with_signatures_checked() {
         let wrong = format!("{NIX_CONFIG}trusted-public-keys = {}\nrequire-sigs = true\n", src.pk);
         let refused_dest = base.join("nix-refused");
         let unsigned_cache = base.join("published-plain");
-        ours(&format!("local?root={}", src.root.display()), &["copy", "--to", &format!("file://{}?compression=none", unsigned_cache.display()), &top]).ok();
-        let r = nix_with(&wrong, &sc, "nix", &["copy", "--from", &src.for_nix(&format!("file://{}", unsigned_cache.display())), "--to", refused_dest.to_str().unwrap(), &top], None);
+        ours(
+            &format!("local?root={}", src.root.display()),
+            &["copy", "--to", &format!("file://{}?compression=none", unsigned_cache.display()), &top],
+        )
+        .ok();
+        let r = nix_with(
+            &wrong,
+            &sc,
+            "nix",
+            &[
+                "copy",
+                "--from",
+                &src.for_nix(&format!("file://{}", unsigned_cache.display())),
+                "--to",
+                refused_dest.to_str().unwrap(),
+                &top,
+            ],
+            None,
+        );
         assert_ne!(r.code, 0, "stock Nix refuses unsigned paths");
 
         // serve --http: the merged view as a cache, signed on the fly.

@@ -36,8 +36,12 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn bind(addr: &str) -> Result<HttpServer> {
-        let server = Server::http(addr).map_err(|e| super::CacheError::Url { url: format!("http://{addr}"), what: format!("cannot listen: {e}") })?;
-        let addr = server.server_addr().to_ip().ok_or_else(|| super::CacheError::Url { url: addr.to_string(), what: "not an IP address".into() })?;
+        let server = Server::http(addr)
+            .map_err(|e| super::CacheError::Url { url: format!("http://{addr}"), what: format!("cannot listen: {e}") })?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| super::CacheError::Url { url: addr.to_string(), what: "not an IP address".into() })?;
         Ok(HttpServer { server: Arc::new(server), addr })
     }
 
@@ -103,7 +107,9 @@ fn handle(store: &dyn Store, req: Request, opts: &HttpOptions) {
         Ok(Reply::Text(_, ctype)) if head => req.respond(text(200, String::new(), ctype)),
         Ok(Reply::Text(body, ctype)) => req.respond(text(200, body, ctype)),
         Ok(Reply::Nar(_)) if head => req.respond(text(200, String::new(), "application/x-nix-nar")),
-        Ok(Reply::Nar(reader)) => req.respond(Response::new(200.into(), vec![header("Content-Type", "application/x-nix-nar")], reader, None, None)),
+        Ok(Reply::Nar(reader)) => {
+            req.respond(Response::new(200.into(), vec![header("Content-Type", "application/x-nix-nar")], reader, None, None))
+        }
         Err(status) => req.respond(text(status, format!("{}\n", if status == 404 { "not found" } else { "error" }), "text/plain")),
     };
     if let Err(e) = outcome {
@@ -147,24 +153,10 @@ fn lookup(store: &dyn Store, hash_part: &str) -> std::result::Result<PathInfo, u
 }
 
 fn narinfo_for(store: &dyn Store, info: &PathInfo, opts: &HttpOptions) -> NarInfo {
-    let sd = store.store_dir();
-    let mut sigs = info.sigs.clone();
-    sigs.extend(super::publish::new_signatures(sd, info, &opts.keys));
-    let plain = opts.compression == Compression::None;
-    NarInfo {
-        path: info.path.clone(),
-        url: format!("nar/{}.nar{}", info.path.hash_part(), opts.compression.extension()),
-        compression: opts.compression.name().to_string(),
-        file_hash: plain.then_some(info.nar_hash),
-        file_size: plain.then_some(info.nar_size),
-        nar_hash: info.nar_hash,
-        nar_size: info.nar_size,
-        references: info.references.clone(),
-        deriver: info.deriver.clone(),
-        system: None,
-        sigs,
-        ca: info.ca.clone(),
-    }
+    let url = format!("nar/{}.nar{}", info.path.hash_part(), opts.compression.extension());
+    // Uncompressed, the file is the NAR: its hash and size are known without sending it.
+    let file = (opts.compression == Compression::None).then_some((info.nar_hash, info.nar_size));
+    super::publish::narinfo_of(store.store_dir(), info, &opts.keys, url, opts.compression, file)
 }
 
 /// The NAR of the files at `real`, compressed, produced by a thread into a pipe. A

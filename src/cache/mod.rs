@@ -140,9 +140,12 @@ pub fn read_public_key(file: &std::path::Path) -> Result<PublicKey> {
 }
 
 fn read_key_file(file: &std::path::Path) -> Result<String> {
-    let bytes = crate::store::fs::tree::read_small_file(file, 64 << 10).map_err(|source| CacheError::KeyIo { file: file.to_path_buf(), source })?;
-    String::from_utf8(bytes)
-        .map_err(|_| CacheError::KeyIo { file: file.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8") })
+    let bytes =
+        crate::store::fs::tree::read_small_file(file, 64 << 10).map_err(|source| CacheError::KeyIo { file: file.to_path_buf(), source })?;
+    String::from_utf8(bytes).map_err(|_| CacheError::KeyIo {
+        file: file.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
+    })
 }
 
 /// The trusted public keys of a spec, parsed (the spec reader already checked them).

@@ -41,7 +41,10 @@ impl NarinfoCache {
     pub fn lookup(&self, cache: &str, hash_part: &str) -> Cached {
         let Some(dir) = self.cache_dir(cache) else { return Cached::Unknown };
         let fresh = |p: &Path, ttl: Duration| {
-            fs::metadata(p).ok().and_then(|m| m.modified().ok()).is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < ttl)
+            fs::metadata(p)
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < ttl)
         };
         let info = dir.join(format!("{hash_part}.narinfo"));
         if !self.positive_ttl.is_zero() && fresh(&info, self.positive_ttl) {

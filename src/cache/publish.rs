@@ -43,7 +43,13 @@ pub trait PublishProgress: Sync {
 
 impl PublishProgress for () {}
 
-pub fn copy_to(store: &dyn Store, cache: &Transport, roots: &[StorePath], opts: &PublishOptions, progress: &dyn PublishProgress) -> Result<PublishReport> {
+pub fn copy_to(
+    store: &dyn Store,
+    cache: &Transport,
+    roots: &[StorePath],
+    opts: &PublishOptions,
+    progress: &dyn PublishProgress,
+) -> Result<PublishReport> {
     let sd = store.store_dir().clone();
     ensure_cache_info(cache, &sd)?;
     let ordered = topo_sort(store.closure(roots)?)?;
@@ -74,23 +80,7 @@ pub fn copy_to(store: &dyn Store, cache: &Transport, roots: &[StorePath], opts: 
             .collect::<Result<Vec<_>>>()
     })?;
     for ((info, _), (url, file_hash, file_size)) in todo.into_iter().zip(nars) {
-        let mut sigs = info.sigs.clone();
-        let fp = fingerprint(&sd, &info.path, &info.nar_hash, info.nar_size, &info.references);
-        sigs.extend(opts.keys.iter().map(|k| k.sign(&fp)));
-        let narinfo = NarInfo {
-            path: info.path.clone(),
-            url,
-            compression: opts.compression.name().to_string(),
-            file_hash: Some(file_hash),
-            file_size: Some(file_size),
-            nar_hash: info.nar_hash,
-            nar_size: info.nar_size,
-            references: info.references.clone(),
-            deriver: info.deriver.clone(),
-            system: None,
-            sigs,
-            ca: info.ca.clone(),
-        };
+        let narinfo = narinfo_of(&sd, &info, &opts.keys, url, opts.compression, Some((file_hash, file_size)));
         cache.put(&narinfo_name(&info.path), narinfo.render(&sd).as_bytes())?;
         report.published.push(info.path);
     }
@@ -103,11 +93,18 @@ fn ensure_cache_info(cache: &Transport, sd: &StoreDir) -> Result<()> {
         Some(text) => {
             let info = CacheInfo::parse(&text);
             if info.store_dir != sd.as_str() {
-                return Err(CacheError::WrongStoreDir { cache: cache.url().base.clone(), theirs: info.store_dir, ours: sd.as_str().to_string() });
+                return Err(CacheError::WrongStoreDir {
+                    cache: cache.url().base.clone(),
+                    theirs: info.store_dir,
+                    ours: sd.as_str().to_string(),
+                });
             }
             Ok(())
         }
-        None => cache.put("nix-cache-info", CacheInfo { store_dir: sd.as_str().to_string(), want_mass_query: false, priority: None }.render().as_bytes()),
+        None => cache.put(
+            "nix-cache-info",
+            CacheInfo { store_dir: sd.as_str().to_string(), want_mass_query: false, priority: None }.render().as_bytes(),
+        ),
     }
 }
 
@@ -126,14 +123,21 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
 }
 
 /// Dumps, checks and compresses one path's NAR into the cache: its URL, file hash, size.
-fn write_nar(cache: &Transport, sd: &StoreDir, info: &PathInfo, real: &std::path::Path, compression: Compression) -> Result<(String, crate::format::Hash, u64)> {
-    let fail = |what: String| CacheError::Write { cache: cache.url().base.clone(), key: format!("NAR of {}", sd.display(&info.path)), what };
+fn write_nar(
+    cache: &Transport,
+    sd: &StoreDir,
+    info: &PathInfo,
+    real: &std::path::Path,
+    compression: Compression,
+) -> Result<(String, crate::format::Hash, u64)> {
+    let fail =
+        |what: String| CacheError::Write { cache: cache.url().base.clone(), key: format!("NAR of {}", sd.display(&info.path)), what };
     let (tmp_path, file) = cache.scratch_file()?;
     let cleanup = Scratch(Some(tmp_path.clone()));
     let file_sink = Tee(HashSink::new(HashAlgo::Sha256), io::BufWriter::with_capacity(1 << 16, file));
     let encoder = compression.encoder(file_sink).map_err(|e| fail(e.to_string()))?;
-    let Tee(nar_hash, encoder) =
-        crate::store::fs::tree::dump(real, Tee(HashSink::new(HashAlgo::Sha256), encoder)).map_err(|e| fail(format!("'{}': {e}", real.display())))?;
+    let Tee(nar_hash, encoder) = crate::store::fs::tree::dump(real, Tee(HashSink::new(HashAlgo::Sha256), encoder))
+        .map_err(|e| fail(format!("'{}': {e}", real.display())))?;
     let Tee(file_hash, file) = encoder.finish().map_err(|e| fail(e.to_string()))?;
     let file = file.into_inner().map_err(|e| fail(e.to_string()))?;
     file.sync_data().map_err(|e| fail(e.to_string()))?;
@@ -162,6 +166,33 @@ impl Drop for Scratch {
         if let Some(p) = self.0.take() {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+/// The narinfo publishing `info` at `url`: its row's signatures plus one per key.
+pub(super) fn narinfo_of(
+    sd: &StoreDir,
+    info: &PathInfo,
+    keys: &[SecretKey],
+    url: String,
+    compression: Compression,
+    file: Option<(crate::format::Hash, u64)>,
+) -> NarInfo {
+    let mut sigs = info.sigs.clone();
+    sigs.extend(new_signatures(sd, info, keys));
+    NarInfo {
+        path: info.path.clone(),
+        url,
+        compression: compression.name().to_string(),
+        file_hash: file.map(|f| f.0),
+        file_size: file.map(|f| f.1),
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
+        system: None,
+        sigs,
+        ca: info.ca.clone(),
     }
 }
 

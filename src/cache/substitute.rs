@@ -20,7 +20,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 
 use super::narinfo_cache::{Cached, NarinfoCache};
-use super::transport::{FetchFailure, Transport};
+use super::transport::{Bounded, FetchFailure, Transport};
 use super::{CacheError, Compression, Result};
 use crate::format::hash::{Hasher, HashingReader};
 use crate::format::narinfo::{narinfo_name, CacheInfo, NarInfo, MAX_NARINFO_BYTES};
@@ -151,7 +151,11 @@ impl SubstituteOptions {
             require_sigs: c.require_sigs,
             jobs: c.http_connections as usize,
             attempts: c.download_attempts as u32,
-            narinfo_cache: NarinfoCache::new(Some(spec.state.join("narinfo-cache")), c.narinfo_cache_positive_ttl, c.narinfo_cache_negative_ttl),
+            narinfo_cache: NarinfoCache::new(
+                Some(spec.state.join("narinfo-cache")),
+                c.narinfo_cache_positive_ttl,
+                c.narinfo_cache_negative_ttl,
+            ),
         }
     }
 }
@@ -204,7 +208,11 @@ fn check_cache_info(cache: &Transport, sd: &StoreDir) -> Result<()> {
     if let Some(text) = text {
         let info = CacheInfo::parse(&text);
         if info.store_dir != sd.as_str() {
-            return Err(CacheError::WrongStoreDir { cache: cache.url().base.clone(), theirs: info.store_dir, ours: sd.as_str().to_string() });
+            return Err(CacheError::WrongStoreDir {
+                cache: cache.url().base.clone(),
+                theirs: info.store_dir,
+                ours: sd.as_str().to_string(),
+            });
         }
     }
     Ok(())
@@ -365,7 +373,14 @@ fn with_retries<T>(attempts: u32, mut f: impl FnMut() -> std::result::Result<T, 
 }
 
 /// Downloads and restores the NAR of `info` at `dest`; the compressed size.
-fn fetch_nar(cache: &Transport, info: &NarInfo, dest: &std::path::Path, attempts: u32, sd: &StoreDir, progress: &dyn Progress) -> Result<u64> {
+fn fetch_nar(
+    cache: &Transport,
+    info: &NarInfo,
+    dest: &std::path::Path,
+    attempts: u32,
+    sd: &StoreDir,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let nar_err = |what: String| CacheError::Nar { cache: cache.url().base.clone(), path: sd.display(&info.path), what };
     with_retries(attempts, || {
         let _ = tree::remove(dest);
@@ -411,25 +426,6 @@ impl Read for RawCounter<'_> {
     }
 }
 
-/// Reads at most `limit` bytes and fails on more: the decoded NAR may not be longer than
-/// the narinfo says (a decompression bomb stops here).
-struct AtMost<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for AtMost<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min(self.left.saturating_add(1).min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..want])?;
-        if n as u64 > self.left {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "the NAR is longer than its narinfo says"));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
 fn download(cache: &Transport, info: &NarInfo, dest: &std::path::Path, progress: &dyn Progress) -> std::result::Result<u64, FetchFailure> {
     let permanent = |what: String| FetchFailure { transient: false, what };
     let compression = Compression::parse(&info.compression).expect("checked when planned");
@@ -443,7 +439,7 @@ fn download(cache: &Transport, info: &NarInfo, dest: &std::path::Path, progress:
         let counter: Box<dyn Read + Send + '_> = Box::new(counter);
         let decoded = compression.decoder(counter).map_err(|e| permanent(format!("cannot start the {} decoder: {e}", compression.name())));
         decoded.and_then(|decoded| {
-            let mut bounded = AtMost { inner: decoded, left: info.nar_size };
+            let mut bounded = Bounded { inner: decoded, left: info.nar_size, what: "the NAR is longer than its narinfo says" };
             let mut hashing = HashingReader::new(&mut bounded, info.nar_hash.algo());
             let mut restorer = tree::Restorer::new(dest.to_path_buf());
             let parsed = crate::format::nar::parse(&mut hashing, &mut restorer);

@@ -24,6 +24,8 @@ impl Default for TransportOptions {
     }
 }
 
+const MORE_THAN_ANNOUNCED: &str = "more data than the cache announced";
+
 pub struct Transport {
     url: CacheUrl,
     agent: Option<ureq::Agent>,
@@ -75,7 +77,7 @@ impl Transport {
                 if !meta.is_file() {
                     return Err(permanent(format!("'{}' is not a regular file", path.display())));
                 }
-                Ok(Some(Box::new(Bounded { inner: file, left: max })))
+                Ok(Some(Box::new(Bounded { inner: file, left: max, what: MORE_THAN_ANNOUNCED })))
             }
             Location::Http(base) => {
                 let url = format!("{base}/{key}");
@@ -93,7 +95,7 @@ impl Transport {
                     }
                 }
                 let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
-                Ok(Some(Box::new(Bounded { inner: reader, left: max })))
+                Ok(Some(Box::new(Bounded { inner: reader, left: max, what: MORE_THAN_ANNOUNCED })))
             }
         }
     }
@@ -109,9 +111,7 @@ impl Transport {
     pub fn exists(&self, key: &str) -> Result<bool> {
         match &self.url.location {
             Location::Dir(dir) => Ok(fs::symlink_metadata(dir.join(key)).is_ok()),
-            Location::Http(_) => {
-                self.get(key, 1 << 20).map(|r| r.is_some()).map_err(|f| self.fetch_error(key, f))
-            }
+            Location::Http(_) => self.get(key, 1 << 20).map(|r| r.is_some()).map_err(|f| self.fetch_error(key, f)),
         }
     }
 
@@ -178,7 +178,11 @@ impl Transport {
             Location::Dir(dir) => dir.join("nar"),
             Location::Http(_) => std::env::temp_dir(),
         };
-        let err = |e: io::Error| CacheError::Write { cache: self.url.base.clone(), key: "nar/".into(), what: format!("'{}': {e}", dir.display()) };
+        let err = |e: io::Error| CacheError::Write {
+            cache: self.url.base.clone(),
+            key: "nar/".into(),
+            what: format!("'{}': {e}", dir.display()),
+        };
         fs::create_dir_all(&dir).map_err(err)?;
         tempfile_in(&dir).map_err(err)
     }
@@ -210,10 +214,11 @@ pub(super) fn set_readable(f: &fs::File) {
     let _ = f.set_permissions(fs::Permissions::from_mode(0o644));
 }
 
-/// A reader that fails instead of reading past `left` bytes.
-struct Bounded<R> {
-    inner: R,
-    left: u64,
+/// A reader that fails (`InvalidData`, saying `what`) instead of reading past `left` bytes.
+pub(super) struct Bounded<R> {
+    pub(super) inner: R,
+    pub(super) left: u64,
+    pub(super) what: &'static str,
 }
 
 impl<R: Read> Read for Bounded<R> {
@@ -224,7 +229,7 @@ impl<R: Read> Read for Bounded<R> {
         let want = buf.len().min(self.left.saturating_add(1).min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.left {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "more data than the cache announced"));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, self.what));
         }
         self.left -= n as u64;
         Ok(n)
@@ -237,11 +242,11 @@ mod tests {
 
     #[test]
     fn bounded_reads_fail_past_their_limit() {
-        let mut ok = Bounded { inner: &b"12345"[..], left: 5 };
+        let mut ok = Bounded { inner: &b"12345"[..], left: 5, what: MORE_THAN_ANNOUNCED };
         let mut s = Vec::new();
         ok.read_to_end(&mut s).unwrap();
         assert_eq!(s, b"12345");
-        let mut over = Bounded { inner: &b"123456"[..], left: 5 };
+        let mut over = Bounded { inner: &b"123456"[..], left: 5, what: MORE_THAN_ANNOUNCED };
         let e = over.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }

@@ -111,10 +111,7 @@ fn open_cache(url: &str, spec: &StoreSpec) -> CliResult<Transport> {
 /// Store paths named on the command line; they need not exist in the store yet.
 fn store_paths(sd: &overlay_store::format::StoreDir, args: &[String]) -> CliResult<Vec<StorePath>> {
     args.iter()
-        .map(|a| {
-            sd.parse_path_prefix(a)
-                .map_err(|e| CliError::Usage(format!("'{a}' is not a store path in '{}': {e}", sd.as_str())))
-        })
+        .map(|a| sd.parse_path_prefix(a).map_err(|e| CliError::Usage(format!("'{a}' is not a store path in '{}': {e}", sd.as_str()))))
         .collect()
 }
 
@@ -138,9 +135,7 @@ fn copy_from(opened: &mut Opened, spec: &StoreSpec, args: &CopyArgs) -> CliResul
     let urls: Vec<String> = match &args.from {
         Some(u) => vec![u.clone()],
         None if spec.caches.substituters.is_empty() => {
-            return Err(CliError::Usage(
-                "copy needs --from URL, --to URL, or `substituters` in the spec's [binary-caches] table".into(),
-            ))
+            return Err(CliError::Usage("copy needs --from URL, --to URL, or `substituters` in the spec's [binary-caches] table".into()))
         }
         None => spec.caches.substituters.clone(),
     };

@@ -60,9 +60,10 @@ impl NarInfo {
             if line.is_empty() {
                 continue;
             }
-            let (key, value) = line.split_once(": ").or_else(|| line.strip_suffix(':').map(|k| (k, ""))).ok_or_else(|| {
-                err(n, format!("expected 'Key: value', found '{}'", line.escape_debug()))
-            })?;
+            let (key, value) = line
+                .split_once(": ")
+                .or_else(|| line.strip_suffix(':').map(|k| (k, "")))
+                .ok_or_else(|| err(n, format!("expected 'Key: value', found '{}'", line.escape_debug())))?;
             let hash = |v: &str| Hash::parse_prefixed(v).map_err(|e| err(n, format!("{key}: {e}")));
             let number = |v: &str| v.parse::<u64>().map_err(|_| err(n, format!("{key}: '{v}' is not a number")));
             let basename = |v: &str| StorePath::from_basename(v).map_err(|e| err(n, format!("{key}: {e}")));

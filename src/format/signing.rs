@@ -123,8 +123,7 @@ mod tests {
     use crate::format::hash::HashAlgo;
 
     /// A key pair `nix-store --generate-binary-cache-key test-1 sk pk` wrote (Nix 2.8).
-    const SK: &str =
-        "test-1:LJ3Oab1QLj3kZtKQ0E3lD8olBoi3oZKpZme0Plo0vCkGxvb43c4q62wNDqt/scO6IAs1QJSawCBfVkSvRtsVeQ==";
+    const SK: &str = "test-1:LJ3Oab1QLj3kZtKQ0E3lD8olBoi3oZKpZme0Plo0vCkGxvb43c4q62wNDqt/scO6IAs1QJSawCBfVkSvRtsVeQ==";
     const PK: &str = "test-1:Bsb2+N3OKutsDQ6rf7HDuiALNUCUmsAgX1ZEr0bbFXk=";
 
     fn top() -> (StoreDir, StorePath, Hash, u64, BTreeSet<StorePath>) {

@@ -136,9 +136,13 @@ impl StoreDir {
         // References the address does not hash would be unproven claims: refuse them, as
         // Nix does, rather than name a path whatever references it is given.
         match ca {
-            ContentAddress::Text(_) if self_ref => Err(StorePathError::ReferencesNotAddressed(name.into(), "a text path cannot refer to itself")),
+            ContentAddress::Text(_) if self_ref => {
+                Err(StorePathError::ReferencesNotAddressed(name.into(), "a text path cannot refer to itself"))
+            }
             ContentAddress::Text(h) => self.make_text_path(name, h, refs),
-            ContentAddress::Fixed(m, h) if !(*m == FileIngestion::Recursive && h.algo() == HashAlgo::Sha256) && (self_ref || !refs.is_empty()) => {
+            ContentAddress::Fixed(m, h)
+                if !(*m == FileIngestion::Recursive && h.algo() == HashAlgo::Sha256) && (self_ref || !refs.is_empty()) =>
+            {
                 Err(StorePathError::ReferencesNotAddressed(name.into(), "only NAR-hashed SHA-256 paths may have references"))
             }
             ContentAddress::Fixed(m, h) => self.make_fixed_output_path(name, *m, h, refs, self_ref),

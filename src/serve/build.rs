@@ -162,7 +162,14 @@ fn build_one(conn: &mut Conn, t: &Target, start: u64) -> Outcome {
                 built: Vec::new(),
             },
             Ok(false) => match conn.substitute(&t.path) {
-                Ok(true) => Outcome { target: t.text.clone(), status: Status::Substituted, error: String::new(), start, stop: now(), built: Vec::new() },
+                Ok(true) => Outcome {
+                    target: t.text.clone(),
+                    status: Status::Substituted,
+                    error: String::new(),
+                    start,
+                    stop: now(),
+                    built: Vec::new(),
+                },
                 Ok(false) => fail(Status::MiscFailure, format!("path '{shown}' is not valid, and this store has no substituters")),
                 Err(e) => fail(Status::MiscFailure, e),
             },

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::error::{SpecError, SpecErrorKind};
 use super::{
-    CacheSpec, GcSpec, MountSpec, PolicyLimits, ServeSpec, SpecOrigin, StoreKind, StoreSpec, WatchSpec, DEFAULT_DAEMON_SOCKET, DEFAULT_LOG_DIR,
-    DEFAULT_STATE_DIR, DEFAULT_STORE_DIR,
+    CacheSpec, GcSpec, MountSpec, PolicyLimits, ServeSpec, SpecOrigin, StoreKind, StoreSpec, WatchSpec, DEFAULT_DAEMON_SOCKET,
+    DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, DEFAULT_STORE_DIR,
 };
 
 /// 1-based line and column in a spec file; `None` for URIs, which have none.

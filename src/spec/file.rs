@@ -256,8 +256,16 @@ impl Reader<'_> {
                 "substituters" => {
                     caches.substituters = strings(site, &key, &sub.value, spos)?;
                     for url in &caches.substituters {
-                        if !(url.starts_with("file://") || url.starts_with("http://") || url.starts_with("https://") || url.starts_with('/')) {
-                            return Err(site.error(&key, spos, format!("'{url}' is not a binary cache URL (file://, http://, https:// or an absolute path)")));
+                        if !(url.starts_with("file://")
+                            || url.starts_with("http://")
+                            || url.starts_with("https://")
+                            || url.starts_with('/'))
+                        {
+                            return Err(site.error(
+                                &key,
+                                spos,
+                                format!("'{url}' is not a binary cache URL (file://, http://, https:// or an absolute path)"),
+                            ));
                         }
                     }
                 }
