@@ -83,6 +83,11 @@ impl Cli {
     }
 }
 
+/// The whole command tree, for completions and man pages.
+pub(super) fn command_tree() -> clap::Command {
+    Command::augment_subcommands(Global::command())
+}
+
 /// The first word of a command line that is neither an option nor an option's value:
 /// the subcommand, if there is one.
 fn subcommand_word(args: &[OsString]) -> Option<&str> {
@@ -236,6 +241,16 @@ pub(super) enum Command {
         key_files: Vec<PathBuf>,
         #[arg(required = true)]
         paths: Vec<String>,
+    },
+    /// Print a shell completion script (`source <(overlay-store completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for the program and every command into DIR (default `./man`).
+    Man {
+        #[arg(default_value = "man")]
+        dir: PathBuf,
     },
     /// Write a new signing key pair in Nix's format (as `nix-store
     /// --generate-binary-cache-key`); needs no store.

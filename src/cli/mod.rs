@@ -3,6 +3,7 @@
 
 mod args;
 mod cache;
+mod docs;
 mod gc;
 mod logging;
 mod output;
@@ -171,6 +172,11 @@ fn run(cli: Cli) -> CliResult {
     if let Command::GenerateKey { name, secret_key_file, public_key_file } = &cli.command {
         return cache::generate_key(name, secret_key_file, public_key_file);
     }
+    match &cli.command {
+        Command::Completions { shell } => return docs::completions(*shell),
+        Command::Man { dir } => return docs::man_pages(dir),
+        _ => {}
+    }
     let mut session = Session::default();
     let result = run_command(cli, &mut session);
     let failed_hooks = session.opened.as_ref().map(|o| o.consequential_policy_failures()).unwrap_or(0);
@@ -204,12 +210,14 @@ fn policy_check(file: &std::path::Path) -> CliResult {
 }
 
 fn run_command(cli: Cli, session: &mut Session) -> CliResult {
-    if let Command::Policy(_) | Command::GenerateKey { .. } = cli.command {
+    if let Command::Policy(_) | Command::GenerateKey { .. } | Command::Completions { .. } | Command::Man { .. } = cli.command {
         unreachable!("handled before a store is opened");
     }
     let spec = load_spec(&cli)?;
     match cli.command {
-        Command::Policy(_) | Command::GenerateKey { .. } => unreachable!("handled before a store is opened"),
+        Command::Policy(_) | Command::GenerateKey { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before a store is opened")
+        }
         Command::Copy { from, to, no_check_sigs, json, paths } => {
             let opened = session.open(&spec)?;
             let show_progress = !cli.global.quiet && cli.global.log_format == logging::LogFormat::Text;
