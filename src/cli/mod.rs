@@ -4,6 +4,7 @@
 mod args;
 mod cache;
 mod docs;
+mod doctor;
 mod gc;
 mod logging;
 mod output;
@@ -218,6 +219,7 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
         Command::Policy(_) | Command::GenerateKey { .. } | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before a store is opened")
         }
+        Command::Doctor { json } => doctor::doctor(&spec, json),
         Command::Copy { from, to, no_check_sigs, json, paths } => {
             let opened = session.open(&spec)?;
             let show_progress = !cli.global.quiet && cli.global.log_format == logging::LogFormat::Text;
