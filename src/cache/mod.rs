@@ -128,6 +128,18 @@ fn percent_decode(s: &str) -> std::result::Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("'{s}' is not UTF-8 once decoded"))
 }
 
+/// A cache's `nix-cache-info`, if it has one; one for another store directory is an
+/// error (its paths are not ours, whatever their names).
+pub(crate) fn cache_info(cache: &Transport, sd: &crate::format::StoreDir) -> Result<Option<crate::format::narinfo::CacheInfo>> {
+    let text = cache.get_text("nix-cache-info", 1 << 16).map_err(|f| cache.fetch_error("nix-cache-info", f))?;
+    let Some(text) = text else { return Ok(None) };
+    let info = crate::format::narinfo::CacheInfo::parse(&text);
+    if info.store_dir != sd.as_str() {
+        return Err(CacheError::WrongStoreDir { cache: cache.url().base.clone(), theirs: info.store_dir, ours: sd.as_str().to_string() });
+    }
+    Ok(Some(info))
+}
+
 /// Reads a secret key file (`nix-store --generate-binary-cache-key`'s format).
 pub fn read_secret_key(file: &std::path::Path) -> Result<SecretKey> {
     let text = read_key_file(file)?;

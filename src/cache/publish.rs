@@ -89,23 +89,11 @@ pub fn copy_to(
 
 /// Writes `nix-cache-info` for a new cache; an existing one must be for our store dir.
 fn ensure_cache_info(cache: &Transport, sd: &StoreDir) -> Result<()> {
-    match cache.get_text("nix-cache-info", 1 << 16).map_err(|f| cache.fetch_error("nix-cache-info", f))? {
-        Some(text) => {
-            let info = CacheInfo::parse(&text);
-            if info.store_dir != sd.as_str() {
-                return Err(CacheError::WrongStoreDir {
-                    cache: cache.url().base.clone(),
-                    theirs: info.store_dir,
-                    ours: sd.as_str().to_string(),
-                });
-            }
-            Ok(())
-        }
-        None => cache.put(
-            "nix-cache-info",
-            CacheInfo { store_dir: sd.as_str().to_string(), want_mass_query: false, priority: None }.render().as_bytes(),
-        ),
+    if super::cache_info(cache, sd)?.is_none() {
+        let info = CacheInfo { store_dir: sd.as_str().to_string(), want_mass_query: false, priority: None };
+        cache.put("nix-cache-info", info.render().as_bytes())?;
     }
+    Ok(())
 }
 
 /// Writes to two sinks: the NAR's hash and the compressor.

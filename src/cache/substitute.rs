@@ -23,7 +23,7 @@ use super::narinfo_cache::{Cached, NarinfoCache};
 use super::transport::{Bounded, FetchFailure, Transport};
 use super::{CacheError, Compression, Result};
 use crate::format::hash::{Hasher, HashingReader};
-use crate::format::narinfo::{narinfo_name, CacheInfo, NarInfo, MAX_NARINFO_BYTES};
+use crate::format::narinfo::{narinfo_name, NarInfo, MAX_NARINFO_BYTES};
 use crate::format::signing::{fingerprint, valid_signatures, PublicKey};
 use crate::format::{StoreDir, StorePath};
 use crate::store::fs::tree;
@@ -90,8 +90,8 @@ pub fn copy_from(
     let mut usable = Vec::new();
     let mut first_error = None;
     for (i, cache) in caches.iter().enumerate() {
-        match check_cache_info(cache, &sd) {
-            Ok(()) => usable.push(i),
+        match super::cache_info(cache, &sd) {
+            Ok(_) => usable.push(i),
             Err(e) if caches.len() > 1 => {
                 tracing::warn!("{e}; not using this substituter");
                 first_error.get_or_insert(e);
@@ -200,22 +200,6 @@ pub fn available(target: &mut dyn IngestTarget, spec: &crate::spec::StoreSpec, r
         }
     }
     out
-}
-
-/// A cache for another store directory has paths that are not ours.
-fn check_cache_info(cache: &Transport, sd: &StoreDir) -> Result<()> {
-    let text = cache.get_text("nix-cache-info", 1 << 16).map_err(|f| cache.fetch_error("nix-cache-info", f))?;
-    if let Some(text) = text {
-        let info = CacheInfo::parse(&text);
-        if info.store_dir != sd.as_str() {
-            return Err(CacheError::WrongStoreDir {
-                cache: cache.url().base.clone(),
-                theirs: info.store_dir,
-                ours: sd.as_str().to_string(),
-            });
-        }
-    }
-    Ok(())
 }
 
 type Plan = Vec<(usize, NarInfo)>;
