@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod cache;
 pub mod format;
 pub mod policy;
+pub mod progress;
 pub mod serve;
 pub mod service;
 pub mod spec;

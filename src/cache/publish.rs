@@ -35,21 +35,7 @@ pub struct PublishReport {
     pub present: Vec<StorePath>,
 }
 
-/// What publishing reports as it goes.
-pub trait PublishProgress: Sync {
-    fn planned(&self, _paths: u64, _nar_bytes: u64) {}
-    fn published(&self, _path: &str, _nar_bytes: u64) {}
-}
-
-impl PublishProgress for () {}
-
-pub fn copy_to(
-    store: &dyn Store,
-    cache: &Transport,
-    roots: &[StorePath],
-    opts: &PublishOptions,
-    progress: &dyn PublishProgress,
-) -> Result<PublishReport> {
+pub fn copy_to(store: &dyn Store, cache: &Transport, roots: &[StorePath], opts: &PublishOptions) -> Result<PublishReport> {
     let sd = store.store_dir().clone();
     ensure_cache_info(cache, &sd)?;
     let ordered = topo_sort(store.closure(roots)?)?;
@@ -63,7 +49,8 @@ pub fn copy_to(
             todo.push((info, real));
         }
     }
-    progress.planned(todo.len() as u64, todo.iter().map(|(i, _)| i.nar_size).sum());
+    let progress =
+        crate::progress::Task::new("copy-to", "paths published").with_total(todo.len() as u64, todo.iter().map(|(i, _)| i.nar_size).sum());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1))
         .build()
@@ -73,7 +60,7 @@ pub fn copy_to(
             .map(|(info, real)| {
                 let r = write_nar(cache, &sd, info, real, opts.compression);
                 if r.is_ok() {
-                    progress.published(&sd.display(&info.path), info.nar_size);
+                    progress.advance(1, info.nar_size);
                 }
                 r
             })

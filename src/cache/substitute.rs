@@ -42,18 +42,6 @@ pub struct SubstituteOptions {
     pub narinfo_cache: NarinfoCache,
 }
 
-/// What a long substitution reports as it goes (a progress bar, structured events).
-pub trait Progress: Sync {
-    /// The plan is made: this many paths and NAR bytes to fetch.
-    fn planned(&self, _paths: u64, _nar_bytes: u64) {}
-    /// Compressed bytes received.
-    fn received(&self, _bytes: u64) {}
-    /// One path fetched and verified.
-    fn fetched(&self, _path: &str, _nar_bytes: u64) {}
-}
-
-impl Progress for () {}
-
 /// One path fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
@@ -73,13 +61,7 @@ pub struct Report {
 
 /// Fetches the parts of the closures of `roots` that `target` lacks from `caches`
 /// (tried in order), and registers them all in one transaction.
-pub fn copy_from(
-    target: &mut dyn IngestTarget,
-    caches: &[Transport],
-    roots: &[StorePath],
-    opts: &SubstituteOptions,
-    progress: &dyn Progress,
-) -> Result<Report> {
+pub fn copy_from(target: &mut dyn IngestTarget, caches: &[Transport], roots: &[StorePath], opts: &SubstituteOptions) -> Result<Report> {
     let mut staging = Staging::new(target);
     let sd = staging.store_dir();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -107,15 +89,16 @@ pub fn copy_from(
     let caches: Vec<&Transport> = usable.iter().map(|&i| &caches[i]).collect();
     let caches = &caches[..];
     let (plan, present) = plan(&mut staging, caches, roots, opts, &pool, &sd)?;
-    progress.planned(plan.len() as u64, plan.iter().map(|(_, i)| i.nar_size).sum());
+    let progress =
+        crate::progress::Task::new("copy-from", "paths fetched").with_total(plan.len() as u64, plan.iter().map(|(_, i)| i.nar_size).sum());
 
     let slots = plan.iter().map(|_| staging.reserve("substitute")).collect::<crate::store::Result<Vec<_>>>()?;
     let sizes: Vec<u64> = pool.install(|| {
         plan.par_iter()
             .zip(slots.par_iter())
             .map(|((ci, info), slot)| {
-                let size = fetch_nar(&caches[*ci], info, slot.path(), opts.attempts, &sd, progress)?;
-                progress.fetched(&sd.display(&info.path), info.nar_size);
+                let size = fetch_nar(&caches[*ci], info, slot.path(), opts.attempts, &sd)?;
+                progress.advance(1, info.nar_size);
                 Ok(size)
             })
             .collect::<Result<Vec<u64>>>()
@@ -173,7 +156,7 @@ pub fn from_spec(target: &mut dyn IngestTarget, spec: &crate::spec::StoreSpec, r
         return Ok(None);
     }
     let caches = substituters(spec)?;
-    copy_from(target, &caches, roots, &SubstituteOptions::from_spec(spec), &()).map(Some)
+    copy_from(target, &caches, roots, &SubstituteOptions::from_spec(spec)).map(Some)
 }
 
 /// What substituting each of `roots` would fetch: the missing part of its closure, with
@@ -357,18 +340,11 @@ fn with_retries<T>(attempts: u32, mut f: impl FnMut() -> std::result::Result<T, 
 }
 
 /// Downloads and restores the NAR of `info` at `dest`; the compressed size.
-fn fetch_nar(
-    cache: &Transport,
-    info: &NarInfo,
-    dest: &std::path::Path,
-    attempts: u32,
-    sd: &StoreDir,
-    progress: &dyn Progress,
-) -> Result<u64> {
+fn fetch_nar(cache: &Transport, info: &NarInfo, dest: &std::path::Path, attempts: u32, sd: &StoreDir) -> Result<u64> {
     let nar_err = |what: String| CacheError::Nar { cache: cache.url().base.clone(), path: sd.display(&info.path), what };
     with_retries(attempts, || {
         let _ = tree::remove(dest);
-        download(cache, info, dest, progress)
+        download(cache, info, dest)
     })
     .map_err(|f| nar_err(f.what))
 }
@@ -380,14 +356,13 @@ struct RawState {
     len: u64,
 }
 
-struct RawCounter<'p> {
+struct RawCounter {
     inner: Box<dyn Read + Send>,
     state: Arc<Mutex<RawState>>,
     transport_failed: Arc<AtomicBool>,
-    progress: &'p dyn Progress,
 }
 
-impl Read for RawCounter<'_> {
+impl Read for RawCounter {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
@@ -397,7 +372,6 @@ impl Read for RawCounter<'_> {
                 }
                 s.len += n as u64;
                 drop(s);
-                self.progress.received(n as u64);
                 Ok(n)
             }
             Err(e) => {
@@ -410,7 +384,7 @@ impl Read for RawCounter<'_> {
     }
 }
 
-fn download(cache: &Transport, info: &NarInfo, dest: &std::path::Path, progress: &dyn Progress) -> std::result::Result<u64, FetchFailure> {
+fn download(cache: &Transport, info: &NarInfo, dest: &std::path::Path) -> std::result::Result<u64, FetchFailure> {
     let permanent = |what: String| FetchFailure { transient: false, what };
     let compression = Compression::parse(&info.compression).expect("checked when planned");
     // Without a FileSize, allow what any sane compressor could produce from the NAR.
@@ -419,7 +393,7 @@ fn download(cache: &Transport, info: &NarInfo, dest: &std::path::Path, progress:
     let state = Arc::new(Mutex::new(RawState { hasher: info.file_hash.map(|h| Hasher::new(h.algo())), len: 0 }));
     let transport_failed = Arc::new(AtomicBool::new(false));
     let outcome = {
-        let counter = RawCounter { inner: raw, state: state.clone(), transport_failed: transport_failed.clone(), progress };
+        let counter = RawCounter { inner: raw, state: state.clone(), transport_failed: transport_failed.clone() };
         let counter: Box<dyn Read + Send + '_> = Box::new(counter);
         let decoded = compression.decoder(counter).map_err(|e| permanent(format!("cannot start the {} decoder: {e}", compression.name())));
         decoded.and_then(|decoded| {

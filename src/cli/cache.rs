@@ -1,14 +1,13 @@
 //! Binary cache commands: `copy --from/--to`, `sign`, `generate-key`, `serve --http`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use overlay_store::cache::http_server::{HttpOptions, HttpServer};
-use overlay_store::cache::publish::{self, PublishOptions, PublishProgress};
-use overlay_store::cache::substitute::{self, Progress, SubstituteOptions};
+use overlay_store::cache::publish::{self, PublishOptions};
+use overlay_store::cache::substitute::{self, SubstituteOptions};
 use overlay_store::cache::{self, CacheError, CacheUrl, Compression, Transport, TransportOptions};
 use overlay_store::format::signing::SecretKey;
 use overlay_store::format::StorePath;
@@ -25,74 +24,6 @@ impl From<CacheError> for CliError {
             CacheError::Url { .. } => CliError::Usage(e.to_string()),
             e => CliError::Failed(e.to_string()),
         }
-    }
-}
-
-/// A progress bar on stderr when it is a terminal and output is not quieted.
-pub struct Bar(Option<ProgressBar>);
-
-impl Bar {
-    pub fn new(show: bool, what: &str) -> Bar {
-        if !show || !std::io::stderr().is_terminal() {
-            return Bar(None);
-        }
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(what.to_string());
-        Bar(Some(bar))
-    }
-    fn set_total(&self, bytes: u64) {
-        if let Some(b) = &self.0 {
-            b.set_length(bytes);
-        }
-    }
-    fn inc(&self, bytes: u64) {
-        if let Some(b) = &self.0 {
-            b.inc(bytes);
-        }
-    }
-    fn msg(&self, m: String) {
-        if let Some(b) = &self.0 {
-            b.set_message(m);
-        }
-    }
-    fn finish(&self) {
-        if let Some(b) = &self.0 {
-            b.finish_and_clear();
-        }
-    }
-}
-
-/// Fetching: bytes are NAR bytes verified, so the bar ends at the plan's total.
-struct FetchBar {
-    bar: Bar,
-    done: std::sync::atomic::AtomicU64,
-    total: std::sync::atomic::AtomicU64,
-}
-
-impl Progress for FetchBar {
-    fn planned(&self, paths: u64, nar_bytes: u64) {
-        self.total.store(paths, std::sync::atomic::Ordering::Relaxed);
-        self.bar.set_total(nar_bytes);
-        self.bar.msg(format!("0/{paths} paths"));
-    }
-    fn fetched(&self, _path: &str, nar_bytes: u64) {
-        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        self.bar.inc(nar_bytes);
-        self.bar.msg(format!("{done}/{} paths", self.total.load(std::sync::atomic::Ordering::Relaxed)));
-    }
-}
-
-impl PublishProgress for FetchBar {
-    fn planned(&self, paths: u64, nar_bytes: u64) {
-        Progress::planned(self, paths, nar_bytes)
-    }
-    fn published(&self, path: &str, nar_bytes: u64) {
-        Progress::fetched(self, path, nar_bytes)
     }
 }
 
@@ -121,7 +52,6 @@ pub struct CopyArgs {
     pub no_check_sigs: bool,
     pub json: bool,
     pub paths: Vec<String>,
-    pub show_progress: bool,
 }
 
 pub fn copy(opened: &mut Opened, spec: &StoreSpec, args: CopyArgs) -> CliResult {
@@ -144,10 +74,7 @@ fn copy_from(opened: &mut Opened, spec: &StoreSpec, args: &CopyArgs) -> CliResul
     let roots = store_paths(&sd, &args.paths)?;
     let mut opts = SubstituteOptions::from_spec(spec);
     opts.require_sigs &= !args.no_check_sigs;
-    let bar = FetchBar { bar: Bar::new(args.show_progress, "fetching"), done: 0.into(), total: 0.into() };
-    let result = substitute::copy_from(opened.ingest(), &caches, &roots, &opts, &bar);
-    bar.bar.finish();
-    let report = result?;
+    let report = substitute::copy_from(opened.ingest(), &caches, &roots, &opts)?;
     let nar_bytes: u64 = report.fetched.iter().map(|f| f.nar_size).sum();
     let file_bytes: u64 = report.fetched.iter().map(|f| f.file_size).sum();
     if args.json {
@@ -196,10 +123,7 @@ fn copy_to(store: &dyn Store, spec: &StoreSpec, to: &str, args: &CopyArgs) -> Cl
         keys: signing_keys(spec, cache.url().params.get("secret-key").map(String::as_str))?,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    let bar = FetchBar { bar: Bar::new(args.show_progress, "publishing"), done: 0.into(), total: 0.into() };
-    let result = publish::copy_to(store, &cache, &roots, &opts, &bar);
-    bar.bar.finish();
-    let report = result?;
+    let report = publish::copy_to(store, &cache, &roots, &opts)?;
     if args.json {
         let doc = json!({
             "published": report.published.iter().map(|p| sd.display(p)).collect::<Vec<_>>(),

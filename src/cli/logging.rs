@@ -3,7 +3,6 @@
 //! one JSON object per event for log shippers. `RUST_LOG` overrides the level.
 
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -63,7 +62,11 @@ impl Subscriber for NixStyle {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let _ = std::io::stderr().lock().write_all(format_event(event).as_bytes());
+        if event.metadata().target() == overlay_store::progress::TARGET {
+            super::progress::show(event);
+            return;
+        }
+        super::progress::print_line(format_event(event).as_bytes());
     }
 
     fn enter(&self, _: &Id) {}

@@ -10,6 +10,7 @@ mod logging;
 mod output;
 mod paths;
 mod pivot;
+mod progress;
 mod query;
 mod read;
 mod realisation;
@@ -222,8 +223,7 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
         Command::Doctor { json } => doctor::doctor(&spec, json),
         Command::Copy { from, to, no_check_sigs, json, paths } => {
             let opened = session.open(&spec)?;
-            let show_progress = !cli.global.quiet && cli.global.log_format == logging::LogFormat::Text;
-            cache::copy(opened, &spec, cache::CopyArgs { from, to, no_check_sigs, json, paths, show_progress })
+            cache::copy(opened, &spec, cache::CopyArgs { from, to, no_check_sigs, json, paths })
         }
         Command::Sign { key_files, paths } => {
             let opened = session.open(&spec)?;

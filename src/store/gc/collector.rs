@@ -89,6 +89,7 @@ impl Collector<'_> {
         (self.notice)("finding garbage collector roots...");
         let roots = self.find_roots()?;
         let g = self.target.local().db().load_graph()?;
+        let scanning = crate::progress::Task::new("gc", "paths scanned").with_total(g.paths.len() as u64, 0);
         let mut root_idx = Vec::new();
         let mut elsewhere = Vec::new();
         for p in roots.keys() {
@@ -110,6 +111,8 @@ impl Collector<'_> {
             }
         }
         let live = self.live_set(&g, root_idx.iter().copied(), opts);
+        scanning.advance(g.paths.len() as u64, 0);
+        drop(scanning);
         let mut report = GcReport { roots, ..Default::default() };
         report.live = (0..g.paths.len()).filter(|&i| live[i]).map(|i| g.paths[i].clone()).collect();
         report.live.sort();
@@ -264,6 +267,7 @@ impl Collector<'_> {
         // Files, on all cores. Announcements of these paths wait until they are gone,
         // so nobody re-adds one while its old files are being removed; a path whose
         // lock is held (an adder that did not announce it) is left as debris.
+        let deleting = crate::progress::Task::new("gc", "paths deleted").with_total((doomed_paths.len() + unregistered.len()) as u64, 0);
         let results: Vec<(StorePath, io::Result<Removed>)> = doomed_paths
             .par_iter()
             .chain(unregistered.par_iter())
@@ -274,9 +278,11 @@ impl Collector<'_> {
                     Ok(None) => Ok(Removed::default()),
                     Err(e) => Err(e),
                 };
+                deleting.advance(1, res.as_ref().map_or(0, |r| r.bytes));
                 (p.clone(), res)
             })
             .collect();
+        drop(deleting);
         unpend();
         drop(remover);
         let sd = self.target.local().config().store_dir.clone();

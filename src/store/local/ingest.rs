@@ -95,8 +95,10 @@ pub fn add_path(target: &mut dyn IngestTarget, src: &Path) -> Result<StorePath> 
     let sd = store.config().store_dir.clone();
     let tmp = TempObject(Some(store.temp_name("add")?));
     let tmp_path = tmp.0.clone().expect("set");
-    let sink = tree::dump_copying(src, &tmp_path, HashSink::new(HashAlgo::Sha256)).map_err(io_err(src))?;
-    let (nar_hash, nar_size) = sink.finish();
+    let progress = crate::progress::Task::new("add", "NAR bytes copied");
+    let sink = tree::dump_copying(src, &tmp_path, progress.writer(HashSink::new(HashAlgo::Sha256))).map_err(io_err(src))?;
+    let (nar_hash, nar_size) = sink.into_inner().finish();
+    drop(progress);
     let path = sd.make_fixed_output_path(&name, FileIngestion::Recursive, &nar_hash, &BTreeSet::new(), false)?;
     store.add_temp_root(&path)?;
     let lock_file = store.lock_path_of(&path);
@@ -139,6 +141,7 @@ pub fn import(target: &mut dyn IngestTarget, input: &mut dyn Read) -> Result<Vec
     let sd = target.local().config().store_dir.clone();
     let mut all = Vec::new();
     let mut staging = Staging::new(target);
+    let progress = crate::progress::Task::new("import", "paths read");
     loop {
         let tmp = TempObject(Some(staging.target.local().temp_name("import")?));
         let tmp_path = tmp.0.clone().expect("set");
@@ -147,6 +150,7 @@ pub fn import(target: &mut dyn IngestTarget, input: &mut dyn Read) -> Result<Vec
             break;
         };
         all.push(item.path.clone());
+        progress.advance(1, item.nar_size);
         staging.target.local().add_temp_root(&item.path)?;
         let info = PathInfo {
             path: item.path,

@@ -36,7 +36,15 @@ pub fn hash_path(path: &Path, algo: HashAlgo) -> std::io::Result<(Hash, u64)> {
 /// Hashes the given paths' files in parallel; `None` where a file could not be read.
 pub fn hash_paths(store: &dyn Store, infos: &[PathInfo]) -> Vec<Option<(Hash, u64)>> {
     let jobs: Vec<_> = infos.iter().map(|i| (store.real_path(&i.path), i.nar_hash.algo())).collect();
-    jobs.par_iter().map(|(real, algo)| hash_path(real, *algo).ok()).collect()
+    let progress =
+        crate::progress::Task::new("verify", "paths hashed").with_total(infos.len() as u64, infos.iter().map(|i| i.nar_size).sum());
+    jobs.par_iter()
+        .map(|(real, algo)| {
+            let r = hash_path(real, *algo).ok();
+            progress.advance(1, r.as_ref().map_or(0, |(_, n)| *n));
+            r
+        })
+        .collect()
 }
 
 /// A path's contents compared with its info; the message Nix prints when it differs.

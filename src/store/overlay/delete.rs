@@ -161,7 +161,10 @@ impl OverlayStore {
         let remover = self.remover();
         let layers = self.layers();
         let mut report = OptimiseReport::default();
-        for info in self.upper.db().all_infos()? {
+        let infos = self.upper.db().all_infos()?;
+        let progress = crate::progress::Task::new("optimise", "upper paths checked").with_total(infos.len() as u64, 0);
+        for info in infos {
+            progress.advance(1, 0);
             let name = info.path.basename().to_string();
             if layers.locate(&name) != Location::Both {
                 continue;
@@ -181,8 +184,10 @@ impl OverlayStore {
             let removed = remover.remove_files(&info.path).map_err(io_err(self.upper_layer.join(&name)))?;
             notice(&format!("removing the upper copy of '{}'", self.store_dir().display(&info.path)));
             report.bytes_freed += removed.bytes;
+            progress.advance(0, removed.bytes);
             report.paths.push(info.path);
         }
+        drop(progress);
         if !report.paths.is_empty() || remount_marker(&self.upper.config().state).exists() {
             self.remount("optimise")?;
             report.remounted = true;

@@ -239,10 +239,14 @@ impl OverlayStore {
         fs::create_dir_all(&staging).map_err(io_err(&staging))?;
         let staged = (|| -> Result<Vec<StorePath>> {
             let mut staged = Vec::new();
+            let progress = crate::progress::Task::new("pivot", "paths copied up")
+                .with_total(plan.copies().count() as u64, plan.copies().map(|e| e.nar_size).sum());
             for e in plan.copies() {
                 let src = self.plan.lowerdir.join(e.path.basename());
                 let dst = staging.join(e.path.basename());
-                let (hash, _) = tree::dump_copying(&src, &dst, HashSink::new(HashAlgo::Sha256)).map_err(io_err(&src))?.finish();
+                let hashing = progress.writer(HashSink::new(HashAlgo::Sha256));
+                let (hash, _) = tree::dump_copying(&src, &dst, hashing).map_err(io_err(&src))?.into_inner().finish();
+                progress.advance(1, 0);
                 let info = self.upper.db().path_info(&e.path)?.ok_or_else(|| StoreError::NotValid(self.store_dir().display(&e.path)))?;
                 if hash != info.nar_hash {
                     return Err(StoreError::Other(format!(
