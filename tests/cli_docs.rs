@@ -73,3 +73,64 @@ fn completions_load_in_bash_and_offer_the_commands() {
     let r = run_cmd(Command::new("sh").args(["-c", &format!("'{BIN}' completions bash | head -1")]), None).ok();
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
+
+/// What the bash completion offers for `overlay-store ARGS… CURRENT<TAB>`.
+fn complete_in_bash(sc: &Scratch, args: &[&str], current: &str) -> Vec<String> {
+    let script = run_cmd(Command::new(BIN).args(["completions", "bash"]), None).ok().out();
+    let file = write(&sc.join("completion.bash"), &script);
+    let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    // As a user has it: the program by name, found on PATH.
+    let words: Vec<String> = std::iter::once("overlay-store").chain(args.iter().copied()).chain([current]).map(q).collect();
+    let probe = format!(
+        "source {} && COMP_WORDS=({}) && COMP_CWORD={} && _overlay_store_with_paths overlay-store {} x && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        q(&file),
+        words.join(" "),
+        args.len() + 1,
+        q(current)
+    );
+    let path = format!("{}:{}", std::path::Path::new(BIN).parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    run_cmd(Command::new("bash").args(["-c", &probe]).env("PATH", path), None).ok().lines().into_iter().filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+fn bash_completes_store_paths_from_the_named_store() {
+    let sc = Scratch::new();
+    let store = format!("local?root={}", sc.join("a store").display());
+    let one = add(&store, &write(&sc.join("one"), "1\n"));
+    let two = add(&store, &write(&sc.join("two"), "2\n"));
+    let mut both = vec![one.clone(), two.clone()];
+    both.sort();
+    assert_eq!(complete_in_bash(&sc, &["--store", &store, "path-info"], "/nix/store/"), both);
+    let hash_start = &one[..12];
+    assert_eq!(complete_in_bash(&sc, &["--store", &store, "query", "--references"], hash_start), vec![one.clone()]);
+    // On the way there, the store directory itself.
+    assert_eq!(complete_in_bash(&sc, &["--store", &store, "path-info"], "/ni"), vec!["/nix/store/".to_string()]);
+    // Commands still complete as before.
+    let cmds = complete_in_bash(&sc, &["--store", &store], "path-i");
+    assert_eq!(cmds, vec!["path-info".to_string()]);
+    // A store that does not exist offers nothing and is not created.
+    let missing = sc.join("missing");
+    let none = complete_in_bash(&sc, &["--store", &format!("local?root={}", missing.display()), "path-info"], "/nix/store/");
+    assert!(none.iter().all(|p| !p.contains("-one") && !p.contains("-two")), "{none:?}");
+    assert!(!missing.exists());
+    // The callback on its own: one path per line, silent on a bad spec.
+    let r = run_cmd(Command::new(BIN).args(["__complete-paths", "--config", "/nonexistent.toml", "/nix/store/"]), None).ok();
+    assert_eq!((r.out(), r.stderr), (String::new(), String::new()));
+}
+
+#[test]
+fn an_overlay_completes_lower_and_upper_paths() {
+    with_private_scratch(|base| {
+        let sc = Scratch::new();
+        let l = Layers::new(&base);
+        let lower = add(&l.lower_uri(), &write(&base.join("low"), "low\n"));
+        let cfg = l.config();
+        ours(&cfg, &["init"]).ok();
+        ours(&cfg, &["mount"]).ok();
+        let upper = add(&cfg, &write(&base.join("up"), "up\n"));
+        let mut both = vec![lower, upper];
+        both.sort();
+        assert_eq!(complete_in_bash(&sc, &["-c", &cfg, "path-info"], "/nix/store/"), both);
+        ours(&cfg, &["umount"]).ok();
+    });
+}

@@ -1,5 +1,7 @@
 //! `completions SHELL` and `man DIR`: generated from the command tree itself, so they
-//! never drift from what the parser accepts. Neither needs a store.
+//! never drift from what the parser accepts. Neither needs a store; the scripts call
+//! back into the binary (`__complete-paths`) to complete store paths from the store the
+//! command line (or `OVERLAY_STORE_CONFIG`) names.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,6 +13,7 @@ pub fn completions(shell: clap_complete::Shell) -> CliResult {
     // Into memory first: the generator panics on a write error (`| head`).
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "overlay-store", &mut script);
+    script.extend_from_slice(store_path_completion(shell).as_bytes());
     let mut out = super::stdout();
     out.write_all(&script).and_then(|_| out.flush()).map_err(super::out_err)
 }
@@ -39,4 +42,122 @@ fn write_page(dir: &Path, cmd: &clap::Command, name: &str, written: &mut usize) 
         write_page(dir, sub, &format!("{name}-{}", sub.get_name()), written)?;
     }
     Ok(())
+}
+
+/// Appended to clap's script: when the word being completed starts with `/`, ask the
+/// binary for the store paths it begins, and fall back to clap's completion when there
+/// are none (a file name, say).
+fn store_path_completion(shell: clap_complete::Shell) -> &'static str {
+    use clap_complete::Shell;
+    match shell {
+        Shell::Bash => {
+            r#"
+_overlay_store_with_paths() {
+    local cur="${COMP_WORDS[COMP_CWORD]}"
+    if [[ "$cur" == /* ]]; then
+        local IFS=$'\n'
+        local paths=($("${COMP_WORDS[0]}" __complete-paths "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null))
+        if (( ${#paths[@]} )); then
+            COMPREPLY=("${paths[@]}")
+            [[ ${#paths[@]} -eq 1 && "${paths[0]}" == */ ]] && compopt -o nospace 2>/dev/null
+            return 0
+        fi
+    fi
+    _overlay__store "$@"
+}
+complete -F _overlay_store_with_paths -o bashdefault -o default overlay-store
+"#
+        }
+        Shell::Zsh => {
+            r#"
+_overlay-store-with-paths() {
+    if [[ "$PREFIX" == /* ]]; then
+        local -a paths
+        paths=("${(@f)$(${words[1]} __complete-paths "${(@)words[2,CURRENT]}" 2>/dev/null)}")
+        if (( ${#paths[@]} )) && [[ -n "${paths[1]}" ]]; then
+            compadd -Q -S '' -- "${paths[@]}"
+            return 0
+        fi
+    fi
+    _overlay-store "$@"
+}
+compdef _overlay-store-with-paths overlay-store
+"#
+        }
+        Shell::Fish => {
+            r#"
+complete -c overlay-store -n 'string match -q -- "/*" (commandline -ct)' -f -a '(overlay-store __complete-paths (commandline -opc)[2..-1] (commandline -ct) 2>/dev/null)'
+"#
+        }
+        _ => "",
+    }
+}
+
+/// `overlay-store __complete-paths [WORD…] CURRENT`: the store paths (or the store
+/// directory) that begin with CURRENT, one per line, from the store the earlier words'
+/// `--config`/`--store` (else `OVERLAY_STORE_CONFIG`) name. Only reads: a store that
+/// does not exist, an unreadable spec or any error prints nothing.
+pub fn complete_paths(words: &[std::ffi::OsString]) {
+    let words: Vec<String> = words.iter().map(|w| w.to_string_lossy().into_owned()).collect();
+    let Some((current, before)) = words.split_last() else { return };
+    let mut out = super::stdout();
+    for p in store_paths_beginning(before, current) {
+        if writeln!(out, "{p}").is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
+}
+
+fn store_paths_beginning(before: &[String], current: &str) -> Vec<String> {
+    use overlay_store::spec::StoreSpec;
+    let mut config = None;
+    let mut uri = None;
+    let mut it = before.iter();
+    while let Some(w) = it.next() {
+        if let Some(v) = w.strip_prefix("--config=") {
+            config = Some(v.to_string());
+        } else if let Some(v) = w.strip_prefix("--store=") {
+            uri = Some(v.to_string());
+        } else if w == "--config" || (w.starts_with('-') && !w.starts_with("--") && w.ends_with('c')) {
+            config = it.next().cloned();
+        } else if w == "--store" {
+            uri = it.next().cloned();
+        }
+    }
+    let spec = match (config, uri) {
+        (Some(f), _) => StoreSpec::from_file(Path::new(&f)),
+        (None, Some(u)) => StoreSpec::parse_arg(&u),
+        (None, None) => match std::env::var_os("OVERLAY_STORE_CONFIG") {
+            Some(f) => StoreSpec::from_file(Path::new(&f)),
+            None => return Vec::new(),
+        },
+    };
+    let Ok(spec) = spec else { return Vec::new() };
+    let store_dir = format!("{}/", spec.store_dir.to_string_lossy().trim_end_matches('/'));
+    if !current.starts_with(&store_dir) {
+        // On the way to the store directory: complete it.
+        return if store_dir.starts_with(current) { vec![store_dir] } else { Vec::new() };
+    }
+    let mut found = std::collections::BTreeSet::new();
+    // The upper (or only) database, then the lower stores', each opened as a lone
+    // reader: nothing is created, recovered or mounted.
+    let mut layer = Some(&spec);
+    while let Some(s) = layer {
+        let mut config = overlay_store::store::local::LocalConfig::from_spec(s);
+        config.lone_reader = true;
+        if config.db_path().exists() {
+            if let Ok(store) = overlay_store::store::local::LocalStore::open(config) {
+                let sd = overlay_store::store::Store::store_dir(&store).clone();
+                for p in overlay_store::store::Store::all_paths(&store).unwrap_or_default() {
+                    let shown = sd.display(&p);
+                    if shown.starts_with(current) {
+                        found.insert(shown);
+                    }
+                }
+            }
+        }
+        layer = s.lower_store.as_deref();
+    }
+    found.into_iter().collect()
 }

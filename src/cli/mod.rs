@@ -62,7 +62,13 @@ pub type CliResult<T = ()> = Result<T, CliError>;
 
 /// Runs the command line; the process's exit status.
 pub fn main() -> u8 {
-    let cli = match Cli::parse_from(std::env::args_os().collect()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The completion scripts' callback: not a command of the tree, never logs.
+    if args.get(1).is_some_and(|a| a == "__complete-paths") {
+        docs::complete_paths(&args[2..]);
+        return 0;
+    }
+    let cli = match Cli::parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
