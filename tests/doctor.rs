@@ -56,6 +56,41 @@ fn doctor_names_the_problem_and_the_fix() {
         assert_eq!(find(&doc, "temp-roots")["status"], "warn");
         assert_eq!(find(&doc, "policy")["status"], "ok");
 
+        assert_eq!(find(&doc, "locks")["status"], "ok", "{doc}");
+        let unchanged = find(&doc, "lower-unchanged");
+        assert_eq!(unchanged["status"], "ok", "{unchanged}");
+        assert!(unchanged["detail"].as_str().unwrap().contains("as it was at mount time"), "{unchanged}");
+
+        // The lower store changed under the live mount: named, with the remount that fixes it.
+        add(&l.lower_uri(), &write(&base.join("late"), "added to the lower store while mounted\n"));
+        let (code, doc) = checks(&cfg);
+        assert_eq!(code, 1, "{doc}");
+        let changed = find(&doc, "lower-unchanged");
+        assert_eq!(changed["status"], "fail", "{changed}");
+        let detail = changed["detail"].as_str().unwrap();
+        assert!(detail.contains("lower store directory") && detail.contains("lower database"), "{changed}");
+        assert!(changed["fix"].as_str().unwrap().contains("umount &&"), "{changed}");
+        ours(&cfg, &["umount"]).ok();
+        ours(&cfg, &["mount"]).ok();
+        assert_eq!(find(&checks(&cfg).1, "lower-unchanged")["status"], "ok");
+
+        // A running GC holds gc.lock: a warning naming the process.
+        let gc_lock = l.state().join("gc.lock");
+        let mut holder = std::process::Command::new("flock").arg(&gc_lock).args(["sleep", "60"]).spawn().expect("flock (util-linux)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let locks = loop {
+            let (_, doc) = checks(&cfg);
+            let locks = find(&doc, "locks").clone();
+            if locks["status"] == "warn" || std::time::Instant::now() > deadline {
+                break locks;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert_eq!(locks["status"], "warn", "{locks}");
+        assert!(locks["detail"].as_str().unwrap().contains("gc.lock held by pid"), "{locks}");
+
         // Something else mounted there: named, with the fix.
         ours(&cfg, &["umount"]).ok();
         nix::mount::mount(Some("tmpfs"), &l.real(), Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();

@@ -242,9 +242,10 @@ pub(super) enum Command {
         #[arg(required = true)]
         paths: Vec<String>,
     },
-    /// Check what usually goes wrong (kernel, upper layer, workdir, the mount, stale temp
-    /// roots, the policy file's permissions, free space) and say how to fix it. Changes
-    /// nothing; exit 1 when a check fails.
+    /// Check what usually goes wrong (kernel, upper layer, workdir, the mount, a lower
+    /// store changed since mount, held lock files, stale temp roots, the policy file's
+    /// permissions, free space) and say how to fix it. Changes nothing; exit 1 when a
+    /// check fails.
     Doctor {
         #[arg(long)]
         json: bool,

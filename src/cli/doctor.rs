@@ -19,6 +19,19 @@ enum Status {
 }
 
 impl Status {
+    fn max_with(self, other: Status) -> Status {
+        let rank = |s| match s {
+            Status::Ok => 0,
+            Status::Warn => 1,
+            Status::Fail => 2,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+
     fn word(self) -> &'static str {
         match self {
             Status::Ok => "ok",
@@ -82,6 +95,7 @@ pub fn doctor(spec: &StoreSpec, json_out: bool) -> CliResult {
         overlay_checks(spec, &mut checks);
     }
     temp_roots(spec, &mut checks);
+    lock_files(spec, &mut checks);
     if let Some(policy) = &spec.policy {
         checks.push(policy_check(policy));
     }
@@ -175,7 +189,10 @@ fn overlay_checks(spec: &StoreSpec, checks: &mut Vec<Check>) {
     match overlay::mount_plan(spec) {
         Err(e) => checks.push(check("mount", Status::Fail, e.to_string(), None)),
         Ok(plan) => match plan.state() {
-            Ok(MountState::Correct) => checks.push(check("mount", Status::Ok, plan.expected_text(), None)),
+            Ok(MountState::Correct) => {
+                checks.push(check("mount", Status::Ok, plan.expected_text(), None));
+                checks.push(lower_unchanged(spec, &plan));
+            }
             Ok(MountState::NotMounted) => {
                 let fix = if spec.mount.is_some() { format!("overlay-store {} mount", spec_arg(spec)) } else { plan.command() };
                 checks.push(check("mount", Status::Fail, format!("'{}' is not mounted", plan.real.display()), Some(fix)));
@@ -189,6 +206,115 @@ fn overlay_checks(spec: &StoreSpec, checks: &mut Vec<Check>) {
             Err(e) => checks.push(check("mount", Status::Fail, e.to_string(), None)),
         },
     }
+}
+
+/// The lower store must not change under a live mount (see `lower_stamp`).
+fn lower_unchanged(spec: &StoreSpec, plan: &overlay::MountPlan) -> Check {
+    use overlay_store::store::overlay::lower_stamp::{self, StampCheck};
+    let file = lower_stamp::stamp_path(&spec.state);
+    let when = |secs: u64| {
+        let ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()).saturating_sub(secs);
+        format!("{}h{:02}m ago", ago / 3600, ago / 60 % 60)
+    };
+    match lower_stamp::check(&file, &plan.real) {
+        StampCheck::Unrecorded => check(
+            "lower-unchanged",
+            Status::Ok,
+            "the overlay was not mounted by overlay-store, so changes to the lower store since cannot be told",
+            None,
+        ),
+        StampCheck::Unchanged { mounted_at } => {
+            check("lower-unchanged", Status::Ok, format!("the lower store is as it was at mount time ({})", when(mounted_at)), None)
+        }
+        StampCheck::Changed { mounted_at, what } => check(
+            "lower-unchanged",
+            Status::Fail,
+            format!(
+                "the lower store changed under the live overlay (mounted {}): {}; OverlayFS may show stale or missing entries until it is mounted again",
+                when(mounted_at),
+                what.join("; ")
+            ),
+            Some(format!("overlay-store {0} umount && overlay-store {0} mount", spec_arg(spec))),
+        ),
+    }
+}
+
+/// Who holds the store's lock files (from `/proc/locks`, without taking any), and
+/// whether this user can open them at all.
+fn lock_files(spec: &StoreSpec, checks: &mut Vec<Check>) {
+    let files =
+        [spec.state.join("db/big-lock"), spec.state.join("gc.lock"), overlay_store::store::overlay::pivot::journal_path(&spec.state)];
+    let held = proc_locks();
+    let mut notes = Vec::new();
+    let mut status = Status::Ok;
+    let mut fix = None;
+    for f in files.iter().filter(|f| f.exists()) {
+        if nix::unistd::access(f, nix::unistd::AccessFlags::W_OK).is_err() {
+            status = Status::Fail;
+            notes.push(format!("'{}' is not writable by this user, so commands that lock it fail", f.display()));
+            fix = Some("run as the store's owner (usually root)".to_string());
+            continue;
+        }
+        let Ok(m) = std::fs::metadata(f) else { continue };
+        for (pid, write) in held.iter().filter(|l| l.dev == m.dev() && l.ino == m.ino()).map(|l| (l.pid, l.write)) {
+            if pid == std::process::id() {
+                continue;
+            }
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let who = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
+            let who = if who.is_empty() { format!("pid {pid}") } else { format!("pid {pid} ({who})") };
+            match (name.as_str(), write) {
+                ("big-lock", false) => notes.push(format!("big-lock shared by {who}")),
+                ("gc.lock", _) => {
+                    status = status.max_with(Status::Warn);
+                    notes.push(format!("gc.lock held by {who}: a garbage collection (or optimise) is running; other GCs wait for it"));
+                }
+                (_, _) => {
+                    status = status.max_with(Status::Warn);
+                    notes.push(format!("{name} held exclusively by {who}: writers wait until it finishes"));
+                }
+            }
+        }
+    }
+    let journal = overlay_store::store::overlay::pivot::journal_path(&spec.state);
+    if std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0) && !notes.iter().any(|n| n.contains("held exclusively")) {
+        status = Status::Fail;
+        notes.push(format!("the journal of an interrupted pivot is in '{}'", journal.display()));
+        fix = Some(format!("overlay-store {} verify (opening the store finishes or undoes the pivot)", spec_arg(spec)));
+    }
+    let marker = overlay_store::store::overlay::delete::remount_marker(&spec.state);
+    if marker.exists() {
+        status = status.max_with(Status::Warn);
+        notes.push("the upper layer was changed directly and the overlay not remounted since".into());
+        fix.get_or_insert(format!("overlay-store {} remount", spec_arg(spec)));
+    }
+    let detail = if notes.is_empty() { "no lock is held".to_string() } else { notes.join("; ") };
+    checks.push(check("locks", status, detail, fix));
+}
+
+struct HeldLock {
+    pid: u32,
+    write: bool,
+    dev: u64,
+    ino: u64,
+}
+
+/// `/proc/locks`: `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF` (device in hex).
+fn proc_locks() -> Vec<HeldLock> {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+            let (write, pid, id) = (f.get(3)? == &"WRITE", f.get(4)?.parse().ok()?, f.get(5)?);
+            let mut parts = id.split(':');
+            let major = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let minor = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let ino = parts.next()?.parse().ok()?;
+            Some(HeldLock { pid, write, dev: nix::sys::stat::makedev(major, minor), ino })
+        })
+        .collect()
 }
 
 /// Temp-root files of processes that are gone: harmless, but a sign of a crash.

@@ -14,6 +14,7 @@
 pub mod copy_up;
 pub mod delete;
 pub mod layers;
+pub mod lower_stamp;
 pub mod mount;
 pub mod mountinfo;
 pub mod pivot;
@@ -142,9 +143,12 @@ fn upper_layer(spec: &StoreSpec) -> Result<PathBuf> {
 
 /// The mount an overlay spec describes.
 pub fn mount_plan(spec: &StoreSpec) -> Result<MountPlan> {
+    let lower = lower_spec(spec)?;
     Ok(MountPlan {
         real: spec.real.clone(),
-        lowerdir: lower_spec(spec)?.real.clone(),
+        lowerdir: lower.real.clone(),
+        lower_db: (lower.kind == StoreKind::Local).then(|| LocalConfig::from_spec(lower).db_path()),
+        stamp_file: Some(lower_stamp::stamp_path(&spec.state)),
         upperdir: upper_layer(spec)?,
         workdir: spec.mount.as_ref().map(|m| m.workdir.clone()),
         options: spec.mount.as_ref().map(|m| m.options.clone()).unwrap_or_default(),

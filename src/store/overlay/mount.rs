@@ -48,6 +48,10 @@ pub struct MountPlan {
     pub workdir: Option<PathBuf>,
     /// Extra OverlayFS options from `[mount] options`.
     pub options: Vec<String>,
+    /// The lower store's database, stamped with the mount (see [`super::lower_stamp`]).
+    pub lower_db: Option<PathBuf>,
+    /// Where a mount made here records its stamp of the lower store.
+    pub stamp_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +175,13 @@ impl MountPlan {
                 },
             },
         })?;
+        if let Some(file) = &self.stamp_file {
+            let recorded = super::lower_stamp::take(&self.real, &self.lowerdir, self.lower_db.as_deref())
+                .map(|stamp| super::lower_stamp::record(file, &stamp));
+            if let Some(Err(e)) = recorded {
+                tracing::warn!("cannot record the lower store's state at mount time in '{}': {e}", file.display());
+            }
+        }
         Ok(true)
     }
 

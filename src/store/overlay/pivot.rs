@@ -374,7 +374,7 @@ impl OverlayStore {
         if record.committing && !record.aborted {
             tracing::warn!("a pivot from '{old}' to '{new}' was interrupted while committing: finishing it");
             let _ = remove_tree(&staging_dir(upper_layer));
-            let new_plan = MountPlan { lowerdir: record.new_lowerdir.clone(), ..plan.clone() };
+            let new_plan = MountPlan { lowerdir: record.new_lowerdir.clone(), lower_db: None, ..plan.clone() };
             if new_plan.state()? != crate::store::overlay::MountState::Correct {
                 if let crate::store::overlay::MountState::Wrong { .. } = new_plan.state()? {
                     new_plan.umount()?;
@@ -411,9 +411,9 @@ impl OverlayStore {
         }
         tracing::warn!("a pivot from '{old}' to '{new}' was interrupted before it committed: restoring the old mount");
         let _ = remove_tree(&staging_dir(upper_layer));
-        let old_plan = MountPlan { lowerdir: record.old_lowerdir.clone(), ..plan.clone() };
+        let old_plan = MountPlan { lowerdir: record.old_lowerdir.clone(), lower_db: None, ..plan.clone() };
         if let crate::store::overlay::MountState::Wrong { .. } = old_plan.state()? {
-            let wrong = MountPlan { lowerdir: record.new_lowerdir.clone(), ..plan.clone() };
+            let wrong = MountPlan { lowerdir: record.new_lowerdir.clone(), lower_db: None, ..plan.clone() };
             wrong.umount()?;
         }
         if old_plan.workdir.is_some() && old_plan.state()? != crate::store::overlay::MountState::Correct {
