@@ -259,6 +259,10 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
             if spec.mount.is_none() {
                 return Err(StoreError::from(MountError::NotManaged(spec.real.clone())).into());
             }
+            // Before init, whose first directory would fail with a bare EACCES.
+            if !nix::unistd::geteuid().is_root() && plan.state().map_err(StoreError::from)? != overlay::MountState::Correct {
+                return Err(StoreError::from(MountError::NotPermitted { real: plan.real.clone() }).into());
+            }
             overlay::init(&spec)?;
             if plan.mount().map_err(StoreError::from)? {
                 tracing::info!("mounted overlay on '{}'", spec.real.display());

@@ -108,7 +108,12 @@ impl LuaPolicy {
         .map_err(lua_err)?;
         api::install_static(&lua, spec, file).map_err(lua_err)?;
         budget.reset();
-        let value: Value = lua.load(text).set_mode(ChunkMode::Text).set_name(format!("@{}", file.display())).eval().map_err(lua_err)?;
+        let value: Value = lua
+            .load(text)
+            .set_mode(ChunkMode::Text)
+            .set_name(sandbox::chunk_name(file))
+            .eval()
+            .map_err(|e| PolicyError::Lua(sandbox::with_full_path(lua_message(&e), file)))?;
         let Value::Table(hooks) = value else {
             return Err(PolicyError::NotATable { file: file.to_path_buf(), got: type_name(&value) });
         };

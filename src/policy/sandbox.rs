@@ -170,7 +170,12 @@ fn install_require(lua: &Lua, dir: &Path, loaded: LoadedFiles) -> mlua::Result<(
         }
         check_trusted(&path).map_err(|e| mlua::Error::RuntimeError(format!("{at}require '{name}': {e}")))?;
         loaded.borrow_mut().push(path.clone());
-        let v: Value = lua.load(text).set_mode(ChunkMode::Text).set_name(format!("@{}", path.display())).eval()?;
+        let v: Value = lua
+            .load(text)
+            .set_mode(ChunkMode::Text)
+            .set_name(chunk_name(&path))
+            .eval()
+            .map_err(|e| mlua::Error::RuntimeError(with_full_path(super::lua_message(&e), &path)))?;
         let v = if v.is_nil() { Value::Boolean(true) } else { v };
         cache.set(name.as_str(), v.clone())?;
         Ok(v)
@@ -283,5 +288,25 @@ mod tests {
         assert_eq!(loaded.borrow().len(), 1);
         std::os::unix::fs::symlink("/etc", t.path().join("etc")).unwrap();
         assert!(lua.load("return require('etc.passwd')").exec().is_err());
+    }
+}
+
+/// Lua cuts a chunk's name to 59 bytes in its messages (`...epdeep/policy.lua:3:`),
+/// which hides where a file is; a long path is named by its file name instead, and
+/// [`with_full_path`] puts the whole path back into a load error.
+pub fn chunk_name(path: &std::path::Path) -> String {
+    let shown = path.display().to_string();
+    if shown.len() <= 55 {
+        format!("@{shown}")
+    } else {
+        format!("={}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(shown))
+    }
+}
+
+/// A message about the chunk [`chunk_name`] named, starting with the whole path.
+pub fn with_full_path(message: String, path: &std::path::Path) -> String {
+    match chunk_name(path).strip_prefix('=') {
+        Some(short) if message.starts_with(&format!("{short}:")) => format!("{}{}", path.display(), &message[short.len()..]),
+        _ => message,
     }
 }

@@ -162,7 +162,11 @@ impl LocalStore {
         }
         let db_path = config.db_path();
         if read_only && !db_path.exists() {
-            return Err(StoreError::Io { path: db_path, source: io::Error::new(io::ErrorKind::NotFound, "no store database here") });
+            return Err(StoreError::Other(format!(
+                "'{}' is not a Nix store: it has no database ('{}'). Name an existing store, or make one first (`overlay-store --store 'local?root=…' init`, or `nix copy --to`)",
+                config.real.display(),
+                db_path.display()
+            )));
         }
         let mode = if config.immutable {
             OpenMode::Immutable

@@ -149,6 +149,7 @@ pub fn mount_plan(spec: &StoreSpec) -> Result<MountPlan> {
         lowerdir: lower.real.clone(),
         lower_db: (lower.kind == StoreKind::Local).then(|| LocalConfig::from_spec(lower).db_path()),
         stamp_file: Some(lower_stamp::stamp_path(&spec.state)),
+        spec_arg: spec.files.first().map(|f| format!("-c '{}'", f.display())),
         upperdir: upper_layer(spec)?,
         workdir: spec.mount.as_ref().map(|m| m.workdir.clone()),
         options: spec.mount.as_ref().map(|m| m.options.clone()).unwrap_or_default(),

@@ -18,8 +18,10 @@ pub const DEFAULT_OPTIONS: &[&str] = &["index=off", "metacopy=off", "redirect_di
 pub enum MountError {
     #[error("{}", incorrect_message(.real, .expected, .actual, .fix))]
     MountedIncorrectly { real: PathBuf, expected: String, actual: String, fix: String },
-    #[error("{what} '{path}' does not exist; create it (`overlay-store init` creates the upper layer, workdir and state directories)")]
+    #[error("{}", missing_dir_message(.what, .path))]
     MissingDir { what: &'static str, path: PathBuf },
+    #[error("the upper layer '{0}' is itself on OverlayFS, which OverlayFS cannot use as an upper layer: put `upper-layer` (and the workdir) on a plain file system such as ext4, xfs, btrfs or tmpfs")]
+    UpperOnOverlay(PathBuf),
     #[error("workdir '{workdir}' is on another filesystem than the upper layer '{upper}'; OverlayFS needs both on one filesystem")]
     CrossDevice { workdir: PathBuf, upper: PathBuf },
     #[error("mounting the overlay on '{real}' is not permitted: run as root (or in a user namespace that owns the mount)")]
@@ -32,6 +34,20 @@ pub enum MountError {
     Kernel { op: &'static str, real: PathBuf, errno: Errno, hint: String },
     #[error("reading /proc/self/mountinfo: {0}")]
     MountInfo(std::io::Error),
+}
+
+fn missing_dir_message(what: &str, path: &Path) -> String {
+    if what == "lower store directory" {
+        format!(
+            "lower store directory '{}' does not exist: the spec's `lower-store` must name an existing Nix store (fix its `root`/`real`, or make the store first: `overlay-store --store 'local?root=…' init`)",
+            path.display()
+        )
+    } else {
+        format!(
+            "{what} '{}' does not exist; create it (`overlay-store init` creates the upper layer, workdir and state directories)",
+            path.display()
+        )
+    }
 }
 
 fn incorrect_message(real: &Path, expected: &str, actual: &str, fix: &str) -> String {
@@ -52,6 +68,9 @@ pub struct MountPlan {
     pub lower_db: Option<PathBuf>,
     /// Where a mount made here records its stamp of the lower store.
     pub stamp_file: Option<PathBuf>,
+    /// How the user names the spec on a command line (`-c 'store.toml'`), for fix-it
+    /// commands; `None` when it has no file.
+    pub spec_arg: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +155,13 @@ impl MountPlan {
     }
 
     fn incorrect(&self, actual: String) -> MountError {
-        MountError::MountedIncorrectly { real: self.real.clone(), expected: self.expected_text(), actual, fix: self.command() }
+        // With a [mount] table we mount it ourselves: say so first.
+        let fix = match (&self.spec_arg, self.workdir.is_some(), actual == "not mounted") {
+            (Some(arg), true, true) => format!("overlay-store {arg} mount   (which runs: {})", self.command()),
+            (Some(arg), true, false) => format!("umount '{}' && overlay-store {arg} mount", self.real.display()),
+            _ => self.command(),
+        };
+        MountError::MountedIncorrectly { real: self.real.clone(), expected: self.expected_text(), actual, fix }
     }
 
     /// Mounts the overlay; a no-op when it is already mounted correctly, an error when
@@ -155,6 +180,9 @@ impl MountPlan {
                 return Err(MountError::MissingDir { what, path: p.clone() });
             }
         }
+        if is_overlayfs(&self.upperdir) {
+            return Err(MountError::UpperOnOverlay(self.upperdir.clone()));
+        }
         let (wd, ud) = (fs::metadata(&workdir), fs::metadata(&self.upperdir));
         if let (Ok(w), Ok(u)) = (wd, ud) {
             if w.dev() != u.dev() {
@@ -169,7 +197,7 @@ impl MountPlan {
                 errno,
                 hint: match errno {
                     Errno::ESTALE => " (the upper layer's index or metacopy data no longer matches the lower store; mount with index=off, or start a fresh upper layer)".into(),
-                    Errno::EINVAL => " (check the options; the kernel log, `dmesg`, says which one it refused)".into(),
+                    Errno::EINVAL => " (the kernel log, `dmesg`, says why: an option it refused, or an upper layer on a file system OverlayFS cannot write to, which needs xattrs and d_type: ext4, xfs, btrfs and tmpfs work)".into(),
                     Errno::ENODEV => " (this kernel has no OverlayFS: `modprobe overlay`)".into(),
                     _ => String::new(),
                 },
