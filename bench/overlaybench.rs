@@ -375,7 +375,10 @@ impl Overlay {
     fn clear(&self, bin: &Path) -> Result<(), String> {
         self.umount(bin)?;
         let db = self.state().join("db");
-        remove_tree(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+        match remove_tree(&db) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(format!("{}: {e}", db.display())),
+            _ => {}
+        }
         fs::create_dir_all(self.upper()).map_err(|e| format!("{}: {e}", self.upper().display()))?;
         clear_dir(&self.upper())
     }

@@ -60,8 +60,9 @@ use run::{interleaved, CpuMeter, Invocation, Side};
 /// Everything that differs between a full and a quick run.
 struct Plan {
     quick: bool,
-    small: GraphShape,
-    big: GraphShape,
+    /// The graph stores, smallest first (the same system closure in each); the targets
+    /// apply on the largest.
+    stores: Vec<GraphShape>,
     verify_paths: usize,
     verify_bytes: u64,
     tree_files: usize,
@@ -87,11 +88,19 @@ impl Plan {
                 seed: 0x5702_EBE7,
             }
         };
+        let sizes: Vec<usize> = match std::env::var("STOREBENCH_SIZES") {
+            Ok(v) if !v.trim().is_empty() => {
+                v.split(',').map(|s| s.trim().parse().expect("STOREBENCH_SIZES: a comma-separated list of path counts")).collect()
+            }
+            _ if quick => vec![2_000, 20_000],
+            _ => vec![10_000, 100_000, 1_000_000],
+        };
+        let mut stores: Vec<GraphShape> = sizes.into_iter().map(shape).collect();
+        stores.sort_by_key(|s| s.total);
         if quick {
             Plan {
                 quick,
-                small: shape(2_000),
-                big: shape(20_000),
+                stores,
                 verify_paths: 300,
                 verify_bytes: 128 * MIB,
                 tree_files: 500,
@@ -104,8 +113,7 @@ impl Plan {
         } else {
             Plan {
                 quick,
-                small: shape(10_000),
-                big: shape(100_000),
+                stores,
                 verify_paths: 1_500,
                 verify_bytes: 1024 * MIB,
                 tree_files: 5_000,
@@ -449,7 +457,7 @@ fn graph_benches<'a>(
                 nix.map(|n| n.store_cmd(root, &["--query", "--requisites", &a.system])),
                 Expect::Lines(a.system_closure),
                 plan.query_runs,
-                Target::Ratio(5.0),
+                t(Target::Ratio(10.0)),
             )
         }),
         Box::new(move || {
@@ -485,7 +493,7 @@ fn graph_benches<'a>(
                 nix.map(|n| n.nix_cmd("path-info", root, &["--json", "-r", &a.system])),
                 Expect::JsonPaths(a.system_closure),
                 plan.query_runs,
-                Target::Ratio(4.0),
+                t(Target::Ratio(5.0)),
             )
         }),
         Box::new(move || {
@@ -497,7 +505,7 @@ fn graph_benches<'a>(
                 nix.map(|n| n.nix_cmd("path-info", root, &[&a.probe])),
                 Expect::Same,
                 plan.startup_runs,
-                Target::Under(Duration::from_millis(3)),
+                t(Target::Under(Duration::from_millis(2))),
             )
         }),
         Box::new(move || {
@@ -509,7 +517,7 @@ fn graph_benches<'a>(
                 nix.map(|n| n.store_cmd(root, &["--query", "--hash", &a.probe])),
                 Expect::Same,
                 plan.startup_runs,
-                Target::Under(Duration::from_millis(3)),
+                t(Target::Under(Duration::from_millis(2))),
             )
         }),
     ]
@@ -543,21 +551,22 @@ impl Phases {
     }
 }
 
-/// Generates the two graph stores and runs the query benchmarks on both.
+/// Generates the graph stores and runs the query benchmarks on each, one benchmark
+/// across all stores before the next (so the flatness comparison sees the machine in
+/// the same state).
 fn query_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) {
     let start = ctx.start;
-    log(start, &format!("generating the {}-path store", plan.small.total));
-    let small = gen::graph_store(&scratch.dir.join("small"), &plan.small).expect("generate small store");
-    log(start, &format!("  done in {}", report::dur(small.total_time())));
-    log(start, &format!("generating the {}-path store", plan.big.total));
-    let big = gen::graph_store(&scratch.dir.join("big"), &plan.big).expect("generate big store");
-    log(start, &format!("  done in {}", report::dur(big.total_time())));
-    // Write back what generation left dirty now, not during the timed runs.
-    sync();
-    let small_label = format!("{}k store", plan.small.total / 1000);
-    let big_label = format!("{}k store", plan.big.total / 1000);
-    report.generated.push((small_label.clone(), small.clone()));
-    report.generated.push((big_label.clone(), big.clone()));
+    let mut stores = Vec::new();
+    for shape in &plan.stores {
+        log(start, &format!("generating the {}-path store", shape.total));
+        let g = gen::graph_store(&scratch.dir.join(format!("graph-{}", shape.total)), shape).expect("generate graph store");
+        log(start, &format!("  done in {}", report::dur(g.total_time())));
+        // Write back what generation left dirty now, not during the timed runs.
+        sync();
+        let label = format!("{}k store", shape.total / 1000);
+        report.generated.push((label.clone(), g.clone()));
+        stores.push((label, g));
+    }
     report.benches.push(ctx.query(
         "version",
         "process start-up alone: --version (no store)",
@@ -568,19 +577,31 @@ fn query_phase(ctx: &Ctx, plan: &Plan, scratch: &Scratch, report: &mut Report) {
         plan.startup_runs,
         Target::Info,
     ));
-    let mut big_benches = Vec::new();
-    let mut small_benches = Vec::new();
-    for (b, s) in graph_benches(ctx, &big, &big_label, plan, true).into_iter().zip(graph_benches(ctx, &small, &small_label, plan, false)) {
-        let (b, s) = (b(), s());
-        report.flat.push(Flat::new(&b, &s));
-        big_benches.push(b);
-        small_benches.push(s);
+    let last = stores.len() - 1;
+    let mut per_store: Vec<Vec<Box<dyn FnOnce() -> Bench + '_>>> =
+        stores.iter().enumerate().map(|(i, (label, g))| graph_benches(ctx, g, label, plan, i == last)).collect();
+    let mut results: Vec<Vec<Bench>> = stores.iter().map(|_| Vec::new()).collect();
+    let count = per_store[0].len();
+    for _ in 0..count {
+        // Largest first, as before: the big store's pages are the ones most likely cold.
+        let mut row = Vec::new();
+        for (i, benches) in per_store.iter_mut().enumerate().rev() {
+            let b = benches.remove(0)();
+            row.push((i, b));
+        }
+        row.sort_by_key(|(i, _)| *i);
+        report.flat.push(Flat::new(&row.iter().map(|(_, b)| b).collect::<Vec<_>>()));
+        for (i, b) in row {
+            results[i].push(b);
+        }
     }
-    report.benches.extend(big_benches);
-    report.benches.extend(small_benches);
+    for r in results.into_iter().rev() {
+        report.benches.extend(r);
+    }
     log(start, "removing the graph stores");
-    scratch.tidy(&small.root);
-    scratch.tidy(&big.root);
+    for (_, g) in &stores {
+        scratch.tidy(&g.root);
+    }
 }
 
 /// Generates the contents-checking store and times `verify --check-contents` on it.
@@ -717,13 +738,12 @@ fn main() {
 
 fn plan_summary(plan: &Plan) -> String {
     format!(
-        "{} mode: graph stores of {} and {} paths (base {}, system {}, system chain {}); contents store {} paths / {} MiB; add tree {} files / {} MiB; add file {} MiB; runs per command: queries {}, start-up {}, add/verify {}",
+        "{} mode: graph stores of {} paths (base {}, system {}, system chain {}); contents store {} paths / {} MiB; add tree {} files / {} MiB; add file {} MiB; runs per command: queries {}, start-up {}, add/verify {}",
         if plan.quick { "quick" } else { "full" },
-        plan.small.total,
-        plan.big.total,
-        plan.small.base,
-        plan.small.system,
-        plan.small.system_chain,
+        plan.stores.iter().map(|s| s.total.to_string()).collect::<Vec<_>>().join(", "),
+        plan.stores[0].base,
+        plan.stores[0].system,
+        plan.stores[0].system_chain,
         plan.verify_paths,
         plan.verify_bytes >> 20,
         plan.tree_files,

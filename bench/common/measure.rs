@@ -32,6 +32,44 @@ fn own_cpu() -> Duration {
 pub struct Sample {
     pub wall: Duration,
     pub cpu: Duration,
+    /// The process's peak resident set (KiB), from wait4(2).
+    pub max_rss_kib: u64,
+}
+
+/// Spawns `c`, waits for it with wait4(2) and returns its exit status, wall time from
+/// spawn to exit, its own CPU time and peak RSS, and what it wrote to a piped stderr.
+pub fn run_timed(c: &mut std::process::Command) -> std::io::Result<(std::process::ExitStatus, Sample, Vec<u8>)> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let t = Instant::now();
+    let mut child = c.spawn()?;
+    let reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = e.read_to_end(&mut buf);
+            buf
+        })
+    });
+    let mut status = 0;
+    // SAFETY: the child is ours and not yet reaped (std never waits for it: `child` is
+    // only dropped afterwards, and dropping a Child does not wait).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let wall = t.elapsed();
+    drop(child);
+    let stderr = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
+    let cpu = timeval(ru.ru_utime) + timeval(ru.ru_stime);
+    Ok((std::process::ExitStatus::from_raw(status), Sample { wall, cpu, max_rss_kib: ru.ru_maxrss as u64 }, stderr))
 }
 
 /// The timed runs of one command.
@@ -66,6 +104,10 @@ impl Samples {
     }
     pub fn runs(&self) -> usize {
         self.0.len()
+    }
+    /// The largest peak RSS of the runs, in KiB.
+    pub fn max_rss_kib(&self) -> u64 {
+        self.0.iter().map(|s| s.max_rss_kib).max().unwrap_or(0)
     }
 }
 

@@ -6,7 +6,6 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 /// A command line with its environment additions and where its stdin comes from.
 #[derive(Clone, Debug)]
@@ -93,13 +92,9 @@ impl Cmd {
         let mut c = self.command()?;
         let err = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         c.stdout(Stdio::null()).stderr(err);
-        let cpu0 = children_cpu();
-        let t = Instant::now();
-        let status = c.status().map_err(|e| format!("{}: {e}", self.display()))?;
-        let wall = t.elapsed();
-        let cpu = children_cpu().saturating_sub(cpu0);
+        let (status, sample, _) = crate::measure::run_timed(&mut c).map_err(|e| format!("{}: {e}", self.display()))?;
         if status.success() {
-            Ok(Sample { wall, cpu })
+            Ok(sample)
         } else {
             let stderr = fs::read_to_string(log).unwrap_or_default();
             Err(format!("`{}` failed ({status}): {}", self.display(), tail(&stderr)))
@@ -113,4 +108,4 @@ fn tail(stderr: &str) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
 }
 
-pub use crate::measure::{children_cpu, median, CpuMeter, Sample, Samples as Series};
+pub use crate::measure::{median, CpuMeter, Sample, Samples as Series};

@@ -12,7 +12,7 @@ use crate::run::Samples;
 /// Everything after this line of an existing report is kept on rewrite.
 pub const NOTES_MARKER: &str = "<!-- storebench: everything below this line is hand-written and kept when the report is regenerated -->";
 
-/// How much 100k-store time may exceed 10k-store time for a query to count as flat.
+/// How much the largest store's time may exceed the smallest's for a query to count as flat.
 pub const FLAT_LIMIT: f64 = 1.25;
 
 /// What a benchmark must achieve.
@@ -68,20 +68,21 @@ impl Bench {
 /// Our time for one query on the small and the big store.
 pub struct Flat {
     title: String,
-    small: Option<Duration>,
-    big: Option<Duration>,
-    /// Answer size on the big store over that on the small one (1: the same answer,
+    /// Our median and peak RSS (KiB) on each store, smallest store first.
+    times: Vec<Option<(Duration, u64)>>,
+    /// Answer size on the largest store over that on the smallest (1: the same answer,
     /// so the times should match).
     growth: f64,
 }
 
 impl Flat {
-    pub fn new(big: &Bench, small: &Bench) -> Flat {
-        let same = big.title == small.title;
+    /// `benches`: one benchmark on each store, smallest first.
+    pub fn new(benches: &[&Bench]) -> Flat {
+        let (small, big) = (benches[0], benches[benches.len() - 1]);
+        let same = benches.iter().all(|b| b.title == small.title);
         Flat {
             title: if same { small.title.clone() } else { small.title.split(" (").next().unwrap_or_default().to_string() },
-            small: small.ours.as_ref().ok().map(Samples::median),
-            big: big.ours.as_ref().ok().map(Samples::median),
+            times: benches.iter().map(|b| b.ours.as_ref().ok().map(|s| (s.median(), s.max_rss_kib()))).collect(),
             growth: match (big.answer, small.answer) {
                 (Some(b), Some(s)) if s > 0 => b as f64 / s as f64,
                 _ => 1.0,
@@ -183,7 +184,7 @@ impl Report {
 
         let _ = writeln!(s, "## Results\n");
         let _ =
-            writeln!(s, "| benchmark | store | ours | Nix | ratio | target | result | other load |\n|---|---|---:|---:|---:|---|---|---:|");
+            writeln!(s, "| benchmark | store | ours | Nix | ratio | target | result | peak RSS ours / Nix | other load |\n|---|---|---:|---:|---:|---|---|---:|---:|");
         for b in &self.benches {
             let med = |r: &Result<Samples, String>| r.as_ref().map(|x| dur(x.median())).unwrap_or_else(|_| "error".into());
             let nix = match &b.nix {
@@ -201,9 +202,13 @@ impl Report {
                 Some(false) => "**FAIL**",
                 None => "—",
             };
+            let rss = |r: Option<&Result<Samples, String>>| match r {
+                Some(Ok(x)) => format!("{:.1} MiB", x.max_rss_kib() as f64 / 1024.0),
+                _ => "n/a".into(),
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.2} |",
                 b.title,
                 b.store,
                 med(&b.ours),
@@ -211,6 +216,8 @@ impl Report {
                 ratio,
                 target,
                 result,
+                rss(Some(&b.ours)),
+                rss(b.nix.as_ref()),
                 b.other_load
             );
         }
@@ -224,16 +231,28 @@ impl Report {
              has more referrers in the big store (a quarter of all paths refer to it). Flat means the big store's median is at most {FLAT_LIMIT}x \
              the small one's (for `core`, whose answer grows, time per printed path is compared instead).\n"
         );
-        let (small_label, big_label) = match self.generated.as_slice() {
-            [(a, _), (b, _), ..] => (a.as_str(), b.as_str()),
-            _ => ("small", "big"),
-        };
-        let _ = writeln!(s, "| query | {small_label} | {big_label} | growth | flat? |\n|---|---:|---:|---:|---|");
+        let labels: Vec<&str> = self.generated.iter().filter(|(_, g)| g.anchors.is_some()).map(|(l, _)| l.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "Each cell: our median, and in brackets our peak resident memory over the runs. Growth compares the largest store with the smallest.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| query | {} | growth | flat? |\n|---|{}---:|---|",
+            labels.join(" | "),
+            labels.iter().map(|_| "---:|").collect::<String>()
+        );
         for f in &self.flat {
-            let (Some(a), Some(b)) = (f.small, f.big) else {
-                let _ = writeln!(s, "| {} | error | error | — | — |", f.title);
+            let cells: Vec<String> = f
+                .times
+                .iter()
+                .map(|t| t.map_or("error".to_string(), |(d, rss)| format!("{} ({:.1} MiB)", dur(d), rss as f64 / 1024.0)))
+                .collect();
+            let (Some(Some((a, _))), Some(Some((b, _)))) = (f.times.first(), f.times.last()) else {
+                let _ = writeln!(s, "| {} | {} | — | — |", f.title, cells.join(" | "));
                 continue;
             };
+            let (a, b) = (*a, *b);
             let growth = b.as_secs_f64() / a.as_secs_f64();
             let (growth_s, flat) = if f.growth == 1.0 {
                 (format!("{growth:.2}x"), growth <= FLAT_LIMIT)
@@ -242,7 +261,7 @@ impl Report {
                 let per = growth / f.growth;
                 (format!("{growth:.2}x ({per:.2}x per path)"), per <= FLAT_LIMIT)
             };
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} |", f.title, dur(a), dur(b), growth_s, if flat { "yes" } else { "**NO**" });
+            let _ = writeln!(s, "| {} | {} | {} | {} |", f.title, cells.join(" | "), growth_s, if flat { "yes" } else { "**NO**" });
         }
         let _ = writeln!(s);
 

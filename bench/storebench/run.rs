@@ -4,7 +4,6 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Instant;
 
 /// A command line to run, with its environment additions.
 #[derive(Clone, Debug)]
@@ -65,15 +64,11 @@ impl Invocation {
     pub fn time(&self) -> Result<Sample, String> {
         let mut c = self.command();
         c.stdout(Stdio::null()).stderr(Stdio::piped());
-        let cpu0 = children_cpu();
-        let t = Instant::now();
-        let out = c.output().map_err(|e| format!("{}: {e}", self.display()))?;
-        let wall = t.elapsed();
-        let cpu = children_cpu().saturating_sub(cpu0);
-        if out.status.success() {
-            Ok(Sample { wall, cpu })
+        let (status, sample, stderr) = run_timed(&mut c).map_err(|e| format!("{}: {e}", self.display()))?;
+        if status.success() {
+            Ok(sample)
         } else {
-            Err(failure(self, &out))
+            Err(failure(self, &Output { status, stdout: Vec::new(), stderr }))
         }
     }
 }
@@ -84,7 +79,7 @@ fn failure(inv: &Invocation, out: &Output) -> String {
     format!("`{}` failed ({}): {}", inv.display(), out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
 }
 
-pub use crate::measure::{children_cpu, Sample, Samples};
+pub use crate::measure::{run_timed, Sample, Samples};
 
 /// Which program a run is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

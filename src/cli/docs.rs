@@ -13,9 +13,9 @@ pub fn completions(shell: clap_complete::Shell) -> CliResult {
     // Into memory first: the generator panics on a write error (`| head`).
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "overlay-store", &mut script);
-    script.extend_from_slice(store_path_completion(shell).as_bytes());
+    let script = with_store_paths(shell, String::from_utf8_lossy(&script).into_owned());
     let mut out = super::stdout();
-    out.write_all(&script).and_then(|_| out.flush()).map_err(super::out_err)
+    out.write_all(script.as_bytes()).and_then(|_| out.flush()).map_err(super::out_err)
 }
 
 /// `overlay-store.1` and `overlay-store-<command>.1` for every command (nested ones as
@@ -44,22 +44,29 @@ fn write_page(dir: &Path, cmd: &clap::Command, name: &str, written: &mut usize) 
     Ok(())
 }
 
-/// Appended to clap's script: when the word being completed starts with `/`, ask the
-/// binary for the store paths it begins, and fall back to clap's completion when there
-/// are none (a file name, say).
-fn store_path_completion(shell: clap_complete::Shell) -> &'static str {
+/// clap's script with store-path completion around it: when the word being completed
+/// starts with `/`, the binary is asked (`__complete-paths`) for the store paths it
+/// begins; file names and everything else still complete as clap's script does.
+fn with_store_paths(shell: clap_complete::Shell, script: String) -> String {
     use clap_complete::Shell;
     match shell {
+        // The line up to the cursor, as typed (quotes and all), which the binary splits as
+        // a shell would: readline's words keep quotes and break at `=`.
         Shell::Bash => {
-            r#"
+            script
+                + r#"
 _overlay_store_with_paths() {
     local cur="${COMP_WORDS[COMP_CWORD]}"
     if [[ "$cur" == /* ]]; then
-        local IFS=$'\n'
-        local paths=($("${COMP_WORDS[0]}" __complete-paths "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null))
+        local -a paths
+        mapfile -t paths < <("${COMP_WORDS[0]}" __complete-paths --line "${COMP_LINE:0:COMP_POINT}" 2>/dev/null)
         if (( ${#paths[@]} )); then
             COMPREPLY=("${paths[@]}")
-            [[ ${#paths[@]} -eq 1 && "${paths[0]}" == */ ]] && compopt -o nospace 2>/dev/null
+            if [[ ${#paths[@]} -eq 1 && "${paths[0]}" == */ ]]; then
+                # On the way to the store directory: files still count.
+                mapfile -t -O 1 COMPREPLY < <(compgen -f -- "$cur")
+                compopt -o nospace -o filenames 2>/dev/null
+            fi
             return 0
         fi
     fi
@@ -68,28 +75,52 @@ _overlay_store_with_paths() {
 complete -F _overlay_store_with_paths -o bashdefault -o default overlay-store
 "#
         }
+        // The file is autoloaded as the function `_overlay-store` (its `#compdef` line),
+        // whose body redefines `_overlay-store` as clap's function and calls it: the
+        // wrapper is called instead, and made the completer for the Tabs after.
         Shell::Zsh => {
-            r#"
-_overlay-store-with-paths() {
+            let wrapper = r#"_overlay-store-with-paths() {
     if [[ "$PREFIX" == /* ]]; then
         local -a paths
-        paths=("${(@f)$(${words[1]} __complete-paths "${(@)words[2,CURRENT]}" 2>/dev/null)}")
+        paths=("${(@f)$(${words[1]} __complete-paths "${(@Q)words[2,CURRENT]}" 2>/dev/null)}")
         if (( ${#paths[@]} )) && [[ -n "${paths[1]}" ]]; then
-            compadd -Q -S '' -- "${paths[@]}"
+            if [[ ${#paths[@]} -eq 1 && "${paths[1]}" == */ ]]; then
+                compadd -S '' -- "${paths[@]}"
+                _files
+            else
+                compadd -- "${paths[@]}"
+            fi
             return 0
         fi
     fi
     _overlay-store "$@"
 }
-compdef _overlay-store-with-paths overlay-store
-"#
+
+"#;
+            let tail = "if [ \"$funcstack[1]\" = \"_overlay-store\" ]; then";
+            match script.rfind(tail) {
+                Some(at) => {
+                    let (body, end) = script.split_at(at);
+                    let end = end
+                        .replacen(
+                            "    _overlay-store \"$@\"",
+                            "    compdef _overlay-store-with-paths overlay-store\n    _overlay-store-with-paths \"$@\"",
+                            1,
+                        )
+                        .replacen("compdef _overlay-store overlay-store", "compdef _overlay-store-with-paths overlay-store", 1);
+                    format!("{body}{wrapper}{end}")
+                }
+                None => script,
+            }
         }
+        // Offered alongside file names (no `-f`): a path outside the store still completes.
         Shell::Fish => {
-            r#"
-complete -c overlay-store -n 'string match -q -- "/*" (commandline -ct)' -f -a '(overlay-store __complete-paths (commandline -opc)[2..-1] (commandline -ct) 2>/dev/null)'
+            script
+                + r#"
+complete -c overlay-store -n 'string match -q -- "/*" (commandline -ct)' -a '(overlay-store __complete-paths (commandline -opc)[2..-1] (commandline -ct) 2>/dev/null)'
 "#
         }
-        _ => "",
+        _ => script,
     }
 }
 
@@ -98,7 +129,17 @@ complete -c overlay-store -n 'string match -q -- "/*" (commandline -ct)' -f -a '
 /// `--config`/`--store` (else `OVERLAY_STORE_CONFIG`) name. Only reads: a store that
 /// does not exist, an unreadable spec or any error prints nothing.
 pub fn complete_paths(words: &[std::ffi::OsString]) {
-    let words: Vec<String> = words.iter().map(|w| w.to_string_lossy().into_owned()).collect();
+    let mut words: Vec<String> = words.iter().map(|w| w.to_string_lossy().into_owned()).collect();
+    if words.first().map(String::as_str) == Some("--line") {
+        // `--line LINE`: the command line up to the cursor, program name first.
+        let line = words.get(1).cloned().unwrap_or_default();
+        let Some(mut split) = shell_words(&line) else { return };
+        if split.is_empty() {
+            return;
+        }
+        split.remove(0);
+        words = split;
+    }
     let Some((current, before)) = words.split_last() else { return };
     let mut out = super::stdout();
     for p in store_paths_beginning(before, current) {
@@ -109,8 +150,33 @@ pub fn complete_paths(words: &[std::ffi::OsString]) {
     let _ = out.flush();
 }
 
+/// Splits a command line as the shell would (quotes, backslashes, a leading `~/`); a
+/// line ending in blanks ends in an empty word, the one being completed. `None` for an
+/// unfinished quote that is not the last word.
+fn shell_words(line: &str) -> Option<Vec<String>> {
+    let ends_blank = line.ends_with(|c: char| c == ' ' || c == '\t');
+    // An unclosed quote in the word being completed: close it to split.
+    let mut words = shlex::split(line).or_else(|| shlex::split(&format!("{line}'"))).or_else(|| shlex::split(&format!("{line}\"")))?;
+    if ends_blank {
+        words.push(String::new());
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    Some(
+        words
+            .into_iter()
+            .map(|w| match w.strip_prefix("~/") {
+                Some(rest) if !home.is_empty() => format!("{home}/{rest}"),
+                _ => w,
+            })
+            .collect(),
+    )
+}
+
 fn store_paths_beginning(before: &[String], current: &str) -> Vec<String> {
     use overlay_store::spec::StoreSpec;
+    if !current.starts_with('/') {
+        return Vec::new();
+    }
     let mut config = None;
     let mut uri = None;
     let mut it = before.iter();

@@ -220,7 +220,7 @@ fn lower_unchanged(spec: &StoreSpec, plan: &overlay::MountPlan) -> Check {
         StampCheck::Unrecorded => check(
             "lower-unchanged",
             Status::Ok,
-            "the overlay was not mounted by overlay-store, so changes to the lower store since cannot be told",
+            "no record of the lower store from when this mount was made (it was mounted by something other than `overlay-store mount`, or before it kept one), so changes since cannot be told",
             None,
         ),
         StampCheck::Unchanged { mounted_at } => {
@@ -266,12 +266,12 @@ fn lock_files(spec: &StoreSpec, checks: &mut Vec<Check>) {
                 .unwrap_or_default();
             let who = if who.is_empty() { format!("pid {pid}") } else { format!("pid {pid} ({who})") };
             match (name.as_str(), write) {
-                ("big-lock", false) => notes.push(format!("big-lock shared by {who}")),
-                ("gc.lock", _) => {
+                (_, false) => notes.push(format!("{name} shared by {who}")),
+                ("gc.lock", true) => {
                     status = status.max_with(Status::Warn);
                     notes.push(format!("gc.lock held by {who}: a garbage collection (or optimise) is running; other GCs wait for it"));
                 }
-                (_, _) => {
+                (_, true) => {
                     status = status.max_with(Status::Warn);
                     notes.push(format!("{name} held exclusively by {who}: writers wait until it finishes"));
                 }
@@ -279,7 +279,9 @@ fn lock_files(spec: &StoreSpec, checks: &mut Vec<Check>) {
         }
     }
     let journal = overlay_store::store::overlay::pivot::journal_path(&spec.state);
-    if std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0) && !notes.iter().any(|n| n.contains("held exclusively")) {
+    let journal_held =
+        std::fs::metadata(&journal).is_ok_and(|m| held.iter().any(|l| l.dev == m.dev() && l.ino == m.ino() && l.pid != std::process::id()));
+    if std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0) && !journal_held {
         status = Status::Fail;
         notes.push(format!("the journal of an interrupted pivot is in '{}'", journal.display()));
         fix = Some(format!("overlay-store {} verify (opening the store finishes or undoes the pivot)", spec_arg(spec)));
@@ -306,7 +308,11 @@ fn proc_locks() -> Vec<HeldLock> {
     let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+            // `N: -> FLOCK …` lines are requests waiting for the lock, not holders.
+            if line.contains("->") {
+                return None;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
             let (write, pid, id) = (f.get(3)? == &"WRITE", f.get(4)?.parse().ok()?, f.get(5)?);
             let mut parts = id.split(':');
             let major = u64::from_str_radix(parts.next()?, 16).ok()?;

@@ -260,7 +260,7 @@ fn run_command(cli: Cli, session: &mut Session) -> CliResult {
                 return Err(StoreError::from(MountError::NotManaged(spec.real.clone())).into());
             }
             // Before init, whose first directory would fail with a bare EACCES.
-            if !nix::unistd::geteuid().is_root() && plan.state().map_err(StoreError::from)? != overlay::MountState::Correct {
+            if !nix::unistd::geteuid().is_root() && plan.state().map_err(StoreError::from)? == overlay::MountState::NotMounted {
                 return Err(StoreError::from(MountError::NotPermitted { real: plan.real.clone() }).into());
             }
             overlay::init(&spec)?;

@@ -35,8 +35,10 @@ pub fn register_with_lower_closures_then(
     // answers over a socket, and holding the lock meanwhile would stall every other
     // writer of the upper database (stock Nix, our GC).
     let mut regs = lower_closure_registrations(upper, lower, wanted)?;
-    // Only big copy-ups take long enough to be worth reporting.
-    let progress = (regs.len() >= PROGRESS_FROM).then(|| crate::progress::Task::new("copy-up", "lower rows copied"));
+    // Only big copy-ups take long enough to be worth reporting; reported outside the
+    // write transaction, so a stalled stderr never holds the upper database's lock.
+    let progress =
+        (regs.len() >= PROGRESS_FROM).then(|| crate::progress::Task::new("copy-up", "lower rows copied").with_total(regs.len() as u64, 0));
     let db = upper.db();
     db.in_register_tx(|| {
         // Inside the transaction (no lock per query): skip rows another writer added
@@ -46,18 +48,17 @@ pub fn register_with_lower_closures_then(
         let mut present = present.into_iter();
         regs.retain(|_| !present.next().unwrap_or(false));
         let copied = regs.len();
-        if let Some(p) = &progress {
-            p.set_total(copied as u64, 0);
-        }
         regs.extend(batch);
         if !regs.is_empty() {
             upper.register(&regs)?;
         }
         then()?;
+        Ok(copied)
+    })
+    .inspect(|&copied| {
         if let Some(p) = &progress {
             p.advance(copied as u64, 0);
         }
-        Ok(copied)
     })
 }
 

@@ -23,8 +23,10 @@ pub fn stamp_path(state: &Path) -> PathBuf {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LowerStamp {
-    /// The mount's id in `/proc/self/mountinfo`.
+    /// The mount's id in `/proc/self/mountinfo`, and the boot it is from (ids are
+    /// reused: a later mount may get a freed one, and a reboot starts over).
     pub mount_id: u64,
+    pub boot_id: String,
     /// Seconds since the epoch.
     pub mounted_at: u64,
     pub lowerdir: PathBuf,
@@ -54,14 +56,21 @@ fn dir_mtime_ns(dir: &Path) -> Option<i128> {
     Some(m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)
 }
 
-/// Read-only, without creating or recovering anything (no `-shm` is made for a reader
-/// that cannot write it: SQLite then reads the WAL directly).
+/// Read-only, as the overlay itself opens the lower database (SQLite may create its
+/// `-wal` and `-shm` files, as for any reader of a WAL database that may).
 fn rows(db: &Path) -> Option<(u64, u64)> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    // A writer in the middle of a commit (rollback-journal mode) is waited for, not
+    // taken for a change.
+    conn.busy_timeout(std::time::Duration::from_secs(5)).ok()?;
     conn.query_row("SELECT count(*), coalesce(max(id), 0) FROM ValidPaths", [], |r| {
         Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
     })
     .ok()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 fn mount_id_at(real: &Path) -> Option<u64> {
@@ -74,12 +83,18 @@ fn mount_id_at(real: &Path) -> Option<u64> {
 pub fn take(real: &Path, lowerdir: &Path, lower_db: Option<&Path>) -> Option<LowerStamp> {
     Some(LowerStamp {
         mount_id: mount_id_at(real)?,
+        boot_id: boot_id(),
         mounted_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         lowerdir: lowerdir.to_path_buf(),
         dir_mtime_ns: dir_mtime_ns(lowerdir)?,
         lower_db: lower_db.map(Path::to_path_buf),
         rows: lower_db.and_then(rows),
     })
+}
+
+/// Forgets the stamp (the mount it describes is going or gone).
+pub fn forget(file: &Path) {
+    let _ = std::fs::remove_file(file);
 }
 
 /// Records `stamp` at `file` (atomically: a torn stamp would read as a change).
@@ -94,7 +109,7 @@ pub fn check(file: &Path, real: &Path) -> StampCheck {
     let Some(stamp) = std::fs::read(file).ok().and_then(|b| serde_json::from_slice::<LowerStamp>(&b).ok()) else {
         return StampCheck::Unrecorded;
     };
-    if mount_id_at(real) != Some(stamp.mount_id) {
+    if mount_id_at(real) != Some(stamp.mount_id) || stamp.boot_id != boot_id() {
         return StampCheck::Unrecorded;
     }
     let mut what = Vec::new();

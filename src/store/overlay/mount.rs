@@ -180,6 +180,9 @@ impl MountPlan {
                 return Err(MountError::MissingDir { what, path: p.clone() });
             }
         }
+        if let Some(file) = &self.stamp_file {
+            super::lower_stamp::forget(file);
+        }
         if is_overlayfs(&self.upperdir) {
             return Err(MountError::UpperOnOverlay(self.upperdir.clone()));
         }
@@ -223,6 +226,9 @@ impl MountPlan {
             Errno::EBUSY => MountError::Busy { real: self.real.clone() },
             errno => MountError::Kernel { op: "unmounting", real: self.real.clone(), errno, hint: String::new() },
         })?;
+        if let Some(file) = &self.stamp_file {
+            super::lower_stamp::forget(file);
+        }
         Ok(true)
     }
 }
