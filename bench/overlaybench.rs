@@ -44,6 +44,8 @@ mod canonical;
 #[allow(dead_code)]
 #[path = "storebench/gen.rs"]
 mod gen;
+#[path = "common/import_stream.rs"]
+mod import_stream;
 #[path = "common/machine.rs"]
 mod machine;
 #[path = "common/measure.rs"]
@@ -57,10 +59,9 @@ mod run;
 #[path = "overlaybench/stores.rs"]
 mod stores;
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,10 +70,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
 use crate::canonical::remove_tree;
-use overlay_store::format::export::{write_end, write_item};
-use overlay_store::format::hash::{HashAlgo, HashSink};
-use overlay_store::format::{FileIngestion, StoreDir};
-use overlay_store::store::fs::tree::dump as dump_path;
+use overlay_store::format::StoreDir;
 use overlay_store::store::local::LocalStore;
 use overlay_store::store::Store;
 
@@ -635,25 +633,6 @@ fn local_lower(root: &Path) -> String {
     format!("{{ type = \"local\", root = \"{}\" }}", root.display())
 }
 
-/// A one-item export stream whose item refers to `system`: the stream file and the path.
-fn import_stream(dir: &Path, system: &str) -> io::Result<(PathBuf, String)> {
-    let sd = StoreDir::new("/nix/store");
-    let system = sd.parse_path(system).map_err(stores::other)?;
-    fs::create_dir_all(dir)?;
-    let src = dir.join("overlaybench-import");
-    fs::write(&src, format!("a new path that refers to the system:\n{}\n", sd.display(&system)))?;
-    let (nar_hash, _) = dump_path(&src, HashSink::new(HashAlgo::Sha256))?.finish();
-    let refs = BTreeSet::from([system]);
-    let path =
-        sd.make_fixed_output_path("overlaybench-import", FileIngestion::Recursive, &nar_hash, &refs, false).map_err(stores::other)?;
-    let stream = dir.join("import.export");
-    let mut out = io::BufWriter::new(fs::File::create(&stream)?);
-    write_item(&mut out, &sd, &path, &refs, None, |w| dump_path(&src, w).map(|_| ()))?;
-    write_end(&mut out)?;
-    out.flush()?;
-    Ok((stream, sd.display(&path)))
-}
-
 /// 2: `import` of one new path referring to the system, into an empty upper database,
 /// over each lower store.
 fn import_benches(ctx: &Ctx, lowers: &[&Lower], runs: usize, target: Target) -> Vec<Bench> {
@@ -663,7 +642,8 @@ fn import_benches(ctx: &Ctx, lowers: &[&Lower], runs: usize, target: Target) -> 
         .map(|l| {
             let ov =
                 Overlay::new(&ctx.scratch.join(format!("ov-{}", l.label)), "store", &local_lower(&l.root), "").expect("overlay config");
-            let (stream, path) = import_stream(&ctx.scratch.join(format!("import-{}", l.label)), &l.system).expect("export stream");
+            let (stream, path) =
+                import_stream::import_stream(&ctx.scratch.join(format!("import-{}", l.label)), &l.system).expect("export stream");
             OverLower {
                 lower: l,
                 cmd: ov.cmd(&ctx.bin, &["import"]).stdin_from(&stream),
@@ -1239,7 +1219,7 @@ fn main() {
         plan.lua_runs,
         plan.gc_runs
     );
-    let copy_target = Target::Below(Duration::from_millis(250));
+    let copy_target = Target::Below(Duration::from_millis(100));
     let import_target = Target::Below(Duration::from_millis(300));
     let lowers: Vec<&Lower> = small.iter().chain(big.as_ref().map(|(l, _)| l)).collect();
     if parts.copyup {

@@ -31,6 +31,8 @@
 mod canonical;
 #[path = "storebench/gen.rs"]
 mod gen;
+#[path = "common/import_stream.rs"]
+mod import_stream;
 #[path = "common/machine.rs"]
 mod machine;
 #[path = "common/measure.rs"]
@@ -326,9 +328,12 @@ impl Ctx {
             Expect::Lines(n) | Expect::JsonPaths(n) => Some(n),
             Expect::Same | Expect::Any => None,
         };
+        let other_load = meter.other_cores();
         Bench {
+            ours_rss: ours.peak_rss_kib(),
+            nix_rss: nix.as_ref().and_then(Invocation::peak_rss_kib),
             answer,
-            other_load: meter.other_cores(),
+            other_load,
             id: id.into(),
             title: title.into(),
             store: store.into(),
@@ -357,6 +362,71 @@ fn reset_added(root: &Path, path: &str) -> Result<(), String> {
     remove_tree(&real).map_err(|e| format!("{}: {e}", real.display()))?;
     sync();
     Ok(())
+}
+
+/// As [`reset_added`], but a path that is not there is fine (before the first run).
+fn reset_if_added(root: &Path, path: &str) -> Result<(), String> {
+    let store = LocalStore::open(gen::local_config(root)).map_err(|e| e.to_string())?;
+    let sp = store.store_dir().parse_path(path).map_err(|e| e.to_string())?;
+    let valid = store.db().is_valid(&sp).map_err(|e| e.to_string())?;
+    drop(store);
+    if valid {
+        reset_added(root, path)
+    } else {
+        Ok(())
+    }
+}
+
+/// `import` of one new path that refers to the system, into the graph store holding
+/// the system's closure: the reference check (ours, Nix) reads the closure's rows.
+fn import_bench(ctx: &Ctx, g: &Generated, label: &str, runs: usize, target: Target) -> Bench {
+    ctx.wait_quiet();
+    let a = g.anchors.as_ref().expect("graph store");
+    let title = format!("import of one path referring to the system ({} paths)", a.system_closure);
+    log(ctx.start, &format!("{title} [{label}]"));
+    let root = &g.root;
+    let dir = g.root.with_extension("import");
+    let (stream, path) = import_stream::import_stream(&dir, &a.system).expect("export stream");
+    let ours = ours_cmd(&ctx.bin, root, &["import", stream.to_str().expect("UTF-8 scratch path")]);
+    let nix = ctx.nix.as_ref().map(|n| n.store_cmd(root, &["--import"]).stdin_from(&stream));
+    let mut notes = Vec::new();
+    for (who, inv) in [("ours", Some(&ours)), ("Nix", nix.as_ref())] {
+        let Some(inv) = inv else { continue };
+        let checked = reset_if_added(root, &path).and_then(|()| inv.output()).and_then(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if out == path {
+                Ok(())
+            } else {
+                Err(format!("printed {out:?}, expected {path}"))
+            }
+        });
+        if let Err(e) = checked.and_then(|()| reset_added(root, &path)) {
+            notes.push(format!("{who}: the checking run failed: {e}"));
+        }
+    }
+    let meter = CpuMeter::start();
+    let (o, n) = interleaved(&ours, nix.as_ref(), runs, &mut |_| reset_if_added(root, &path));
+    let other_load = meter.other_cores();
+    let _ = reset_if_added(root, &path);
+    let ours_rss = ours.peak_rss_kib();
+    let _ = reset_if_added(root, &path);
+    let nix_rss = nix.as_ref().and_then(Invocation::peak_rss_kib);
+    let _ = reset_if_added(root, &path);
+    Bench {
+        ours_rss,
+        nix_rss,
+        id: "import".into(),
+        title,
+        store: label.into(),
+        answer: None,
+        other_load,
+        ours_cmd: ours.display(),
+        nix_cmd: nix.as_ref().map(Invocation::display),
+        ours: o,
+        nix: n,
+        target,
+        notes,
+    }
 }
 
 /// Flushes all dirty pages to disk, so write-back does not land in a timed run.
@@ -417,6 +487,8 @@ fn add_bench(ctx: &Ctx, id: &str, title: &str, src: &Path, scratch: &Scratch, ru
     scratch.tidy(&ours_root);
     scratch.tidy(&nix_root);
     Bench {
+        ours_rss: None,
+        nix_rss: None,
         id: id.into(),
         title: title.into(),
         store: "own store per program".into(),
@@ -496,6 +568,7 @@ fn graph_benches<'a>(
                 t(Target::Ratio(5.0)),
             )
         }),
+        Box::new(move || import_bench(ctx, g, label, plan.io_runs.max(7), t(Target::Ratio(5.0)))),
         Box::new(move || {
             ctx.query(
                 "startup",

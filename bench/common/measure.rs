@@ -32,12 +32,12 @@ fn own_cpu() -> Duration {
 pub struct Sample {
     pub wall: Duration,
     pub cpu: Duration,
-    /// The process's peak resident set (KiB), from wait4(2).
-    pub max_rss_kib: u64,
 }
 
 /// Spawns `c`, waits for it with wait4(2) and returns its exit status, wall time from
-/// spawn to exit, its own CPU time and peak RSS, and what it wrote to a piped stderr.
+/// spawn to exit, its own CPU time, and what it wrote to a piped stderr. (Not its peak
+/// RSS: std spawns with vfork, so the kernel counts the bench's own RSS at exec as the
+/// child's high-water mark; see `peak_rss_kib` for a measurement that is not skewed.)
 pub fn run_timed(c: &mut std::process::Command) -> std::io::Result<(std::process::ExitStatus, Sample, Vec<u8>)> {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
@@ -69,7 +69,7 @@ pub fn run_timed(c: &mut std::process::Command) -> std::io::Result<(std::process
     drop(child);
     let stderr = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
     let cpu = timeval(ru.ru_utime) + timeval(ru.ru_stime);
-    Ok((std::process::ExitStatus::from_raw(status), Sample { wall, cpu, max_rss_kib: ru.ru_maxrss as u64 }, stderr))
+    Ok((std::process::ExitStatus::from_raw(status), Sample { wall, cpu }, stderr))
 }
 
 /// The timed runs of one command.
@@ -104,10 +104,6 @@ impl Samples {
     }
     pub fn runs(&self) -> usize {
         self.0.len()
-    }
-    /// The largest peak RSS of the runs, in KiB.
-    pub fn max_rss_kib(&self) -> u64 {
-        self.0.iter().map(|s| s.max_rss_kib).max().unwrap_or(0)
     }
 }
 
@@ -146,4 +142,34 @@ impl CpuMeter {
         let own = own_cpu().saturating_sub(self.own).as_secs_f64();
         ((busy - own) / wall).max(0.0)
     }
+}
+
+/// The peak resident set (KiB) of one run of `c`, measured by GNU time (`time` package):
+/// a small process of its own forks the command, so the high-water mark is the
+/// command's alone. `None` without /usr/bin/time or when the run fails.
+pub fn peak_rss_kib(
+    program: &std::path::Path,
+    args: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    stdin: Option<&std::path::Path>,
+) -> Option<u64> {
+    let time = std::path::Path::new("/usr/bin/time");
+    if !time.is_file() {
+        return None;
+    }
+    let out = tempfile::NamedTempFile::new().ok()?;
+    let mut c = std::process::Command::new(time);
+    c.arg("-f").arg("%M").arg("-o").arg(out.path()).arg(program).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    match stdin.map(std::fs::File::open) {
+        Some(Ok(f)) => c.stdin(f),
+        _ => c.stdin(std::process::Stdio::null()),
+    };
+    let status = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().ok()?;
+    if !status.success() {
+        return None;
+    }
+    std::fs::read_to_string(out.path()).ok()?.trim().lines().last()?.trim().parse().ok()
 }

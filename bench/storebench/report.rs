@@ -42,6 +42,9 @@ pub struct Bench {
     pub other_load: f64,
     /// How many paths the answer has, when that is known.
     pub answer: Option<usize>,
+    /// Peak RSS (KiB) of one untimed run of each program.
+    pub ours_rss: Option<u64>,
+    pub nix_rss: Option<u64>,
 }
 
 impl Bench {
@@ -82,7 +85,7 @@ impl Flat {
         let same = benches.iter().all(|b| b.title == small.title);
         Flat {
             title: if same { small.title.clone() } else { small.title.split(" (").next().unwrap_or_default().to_string() },
-            times: benches.iter().map(|b| b.ours.as_ref().ok().map(|s| (s.median(), s.max_rss_kib()))).collect(),
+            times: benches.iter().map(|b| b.ours.as_ref().ok().map(|s| (s.median(), b.ours_rss.unwrap_or(0)))).collect(),
             growth: match (big.answer, small.answer) {
                 (Some(b), Some(s)) if s > 0 => b as f64 / s as f64,
                 _ => 1.0,
@@ -202,10 +205,7 @@ impl Report {
                 Some(false) => "**FAIL**",
                 None => "—",
             };
-            let rss = |r: Option<&Result<Samples, String>>| match r {
-                Some(Ok(x)) => format!("{:.1} MiB", x.max_rss_kib() as f64 / 1024.0),
-                _ => "n/a".into(),
-            };
+            let rss = |r: Option<u64>| r.map_or("n/a".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.2} |",
@@ -216,8 +216,8 @@ impl Report {
                 ratio,
                 target,
                 result,
-                rss(Some(&b.ours)),
-                rss(b.nix.as_ref()),
+                rss(b.ours_rss),
+                rss(b.nix_rss),
                 b.other_load
             );
         }

@@ -11,11 +11,13 @@ pub struct Invocation {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
+    /// A file on stdin (else /dev/null).
+    pub stdin: Option<PathBuf>,
 }
 
 impl Invocation {
     pub fn new(program: impl Into<PathBuf>) -> Invocation {
-        Invocation { program: program.into(), args: Vec::new(), env: Vec::new() }
+        Invocation { program: program.into(), args: Vec::new(), env: Vec::new(), stdin: None }
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Invocation {
@@ -25,6 +27,16 @@ impl Invocation {
 
     pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, it: I) -> Invocation {
         self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    /// Peak RSS (KiB) of one untimed run.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        crate::measure::peak_rss_kib(&self.program, &self.args, &self.env, self.stdin.as_deref())
+    }
+
+    pub fn stdin_from(mut self, file: &std::path::Path) -> Invocation {
+        self.stdin = Some(file.to_path_buf());
         self
     }
 
@@ -45,7 +57,10 @@ impl Invocation {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        c.stdin(Stdio::null());
+        match self.stdin.as_ref().map(std::fs::File::open) {
+            Some(Ok(f)) => c.stdin(f),
+            _ => c.stdin(Stdio::null()),
+        };
         c
     }
 
