@@ -17,6 +17,11 @@
 //!   (default 180; 0 never waits).
 //! - `STOREBENCH_ONLY=queries,verify,add`: run only some parts; the report then goes to
 //!   `<target>/release/storebench-partial.md`.
+//! - `STOREBENCH_SIZES=10000,100000,1000000`: the graph stores' sizes (default those;
+//!   quick: 2000,20000). The 1M store takes about 10 GB of disk (4 KiB blocks, 3M
+//!   inodes) and five minutes to make, and as long again to remove.
+//! - Peak RSS is measured by GNU time (`/usr/bin/time`, Debian's `time`); without it the
+//!   column says n/a.
 //!
 //! Only a full run of every part rewrites `BENCHMARKS.md`; a hand-written section after
 //! its marker line is carried over.

@@ -178,6 +178,22 @@ mod tests {
     }
 
     #[test]
+    fn validity_flags_agree_whether_rows_are_scanned_or_probed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.register(&(0..10).map(|i| reg(i, &[])).collect::<Vec<_>>()).unwrap();
+        let asked: Vec<StorePath> = (0..300).map(|i| path(i * 7 % 20)).collect();
+        let refs: Vec<&StorePath> = asked.iter().collect();
+        // 10 rows, 300 questions: answered from one scan.
+        let scanned = db.valid_flags(&refs).unwrap();
+        // 3 questions: a probe each.
+        let probed: Vec<bool> = refs.chunks(3).flat_map(|c| db.valid_flags(c).unwrap()).collect();
+        let want: Vec<bool> = (0..300).map(|i| i * 7 % 20 < 10).collect();
+        assert_eq!(scanned, want);
+        assert_eq!(probed, want);
+    }
+
+    #[test]
     fn a_bulk_registration_does_not_bring_back_an_index_recent_nix_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
