@@ -101,9 +101,22 @@ fn overlay_mistakes_on_a_real_kernel() {
         assert!(err.contains("not mounted") && err.contains(&format!("overlay-store -c '{cfg}' mount")), "{err}");
         assert!(l.upper_entries().is_empty(), "nothing landed in the upper layer");
 
-        // 8. Not root: `mount` says so before touching anything.
-        let nobody =
-            run_cmd(Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "-c", &cfg, "mount"]), None);
+        // 8. Not root: `mount` says so before touching anything. (Allowed to read and
+        // search directories: TMPDIR's parents may be private to root.)
+        let nobody = run_cmd(
+            Command::new("setpriv").args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=+dac_read_search",
+                "--ambient-caps=+dac_read_search",
+                BIN,
+                "-c",
+                &cfg,
+                "mount",
+            ]),
+            None,
+        );
         assert_eq!(nobody.code, 1, "{}", nobody.stderr);
         assert!(nobody.stderr.contains("not permitted: run as root"), "{}", nobody.stderr);
         assert!(!mounted_at(&l.real()));
