@@ -265,7 +265,7 @@ impl Service {
                 return Ok(());
             }
             tracing::info!("pivoted to {}", new_plan.lowerdir.display());
-        } else if new_plan != old_plan {
+        } else if !new_plan.same_mount(&old_plan) {
             if let Err(e) = self.remount_to(&new, &old_plan, &new_plan) {
                 tracing::error!("{e}");
                 return Ok(());

@@ -108,6 +108,13 @@ impl MountPlan {
         opts.join(",")
     }
 
+    /// Whether `other` describes the same mount (what the kernel is told), whatever the
+    /// bookkeeping around it (stamp file, how the spec is named).
+    pub fn same_mount(&self, other: &MountPlan) -> bool {
+        (&self.real, &self.lowerdir, &self.upperdir, &self.workdir, &self.options)
+            == (&other.real, &other.lowerdir, &other.upperdir, &other.workdir, &other.options)
+    }
+
     /// The shell command that would mount it correctly.
     pub fn command(&self) -> String {
         let quote = |s: &str| {
